@@ -1,0 +1,5 @@
+"""Repository backends. The port is :class:`Repository`; ``sql`` covers SQLite and PostgreSQL."""
+
+from bulkresize.repositories.base import Repository
+
+__all__ = ["Repository"]

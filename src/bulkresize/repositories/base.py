@@ -1,0 +1,90 @@
+"""The repository port: the durable state of requests and images."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, Self
+
+from bulkresize.models import Image, ImageOutcome, ImageStatus, Request, RequestStatus
+
+__all__ = ["Repository"]
+
+
+class Repository(abc.ABC):
+    """Keeps requests and their images. Every state change is atomic and moves only forward.
+
+    An image moves ``pending`` → ``done`` | ``failed`` once; a request moves ``pending`` →
+    ``processing`` → ``completed`` | ``failed`` once. A second attempt at the same move changes
+    nothing, which is what makes jobs safe to run twice. Backends raise
+    ``bulkresize.errors.RepositoryError`` and ``RequestNotFound``, never their library's errors.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build the backend from a URL such as ``sqlite:///bulkresize.db``."""
+        raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
+
+    @abc.abstractmethod
+    def add_request(self, request: Request, images: Sequence[Image]) -> None:
+        """Store a new request and all its images in one transaction.
+
+        Raises:
+            RepositoryError: The ID is taken, or the backend failed.
+        """
+
+    @abc.abstractmethod
+    def get_request(self, request_id: str) -> Request:
+        """Return the request.
+
+        Raises:
+            RequestNotFound: No request has this ID.
+        """
+
+    @abc.abstractmethod
+    def list_images(
+        self,
+        request_id: str,
+        *,
+        status: ImageStatus | None = None,
+    ) -> list[Image]:
+        """Return the request's images ordered by row and position, optionally of one status.
+
+        Raises:
+            RequestNotFound: No request has this ID.
+        """
+
+    @abc.abstractmethod
+    def record_image(
+        self, request_id: str, row: int, position: int, outcome: ImageOutcome
+    ) -> Request | None:
+        """Move a pending image to ``outcome.status`` and count it, atomically.
+
+        The request moves from ``pending`` to ``processing`` on its first counted image.
+
+        Returns:
+            The request as updated by this call, or ``None`` when the image had already left
+            ``pending`` (nothing was changed or counted).
+
+        Raises:
+            RequestNotFound: No such image.
+        """
+
+    @abc.abstractmethod
+    def finalize_request(
+        self, request_id: str, status: RequestStatus, output_key: str | None
+    ) -> bool:
+        """Move a request whose images are all final to ``completed`` or ``failed``.
+
+        Returns:
+            True if this call made the move; False if the request was already final or still
+            has pending images.
+        """
+
+    @abc.abstractmethod
+    def list_unfinished(self, *, limit: int = 1000) -> list[Request]:
+        """Return requests that are not final yet, oldest first (for resuming and sweeping)."""
+
+    def close(self) -> None:  # noqa: B027  # lifecycle hooks are no-ops by default
+        """Release connections."""
+

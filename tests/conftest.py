@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # for the test helpers beside this file
+
+from origin import Origin  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("BULKRESIZE_TEST_CORPUS", REPO.parent / "shared" / "corpus" / "real-world"))
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    """A loopback HTTP origin whose routes the test sets."""
+    with Origin() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """The shared corpus of real-world images that break pipelines."""
+    if not CORPUS.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the image corpus is missing at {CORPUS}")
+        pytest.skip(f"the image corpus is missing at {CORPUS}")
+    return CORPUS
