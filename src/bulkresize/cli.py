@@ -1,0 +1,222 @@
+"""The ``bulkresize`` command line (DESIGN §5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bulkresize.__about__ import __version__
+from bulkresize.errors import (
+    BulkResizeError,
+    ConfigurationError,
+    InvalidOption,
+    RequestNotFound,
+    UploadTooLarge,
+    ValidationFailed,
+)
+from bulkresize.models import FORMATS, ImageStatus, RequestStatus, StatusReport
+from bulkresize.registry import available_backends
+from bulkresize.settings import Settings
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+class _Exit(click.ClickException):
+    """An error message on stderr and a chosen exit code, never a traceback."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        raise _Exit(str(exc), EXIT_INVALID) from None
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map bulkresize errors to messages and the exit codes of DESIGN §5."""
+    try:
+        yield
+    except ValidationFailed as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        count = len(exc.problems)
+        raise _Exit(f"invalid CSV: {count} problem{'s' if count != 1 else ''}", EXIT_INVALID)
+    except (UploadTooLarge, InvalidOption, ConfigurationError) as exc:
+        raise _Exit(str(exc), EXIT_INVALID) from None
+    except RequestNotFound as exc:
+        raise _Exit(str(exc), EXIT_FAILED) from None
+    except BulkResizeError as exc:
+        raise _Exit(str(exc), EXIT_FAILED) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bulkresize")
+def main() -> None:
+    """Bulk image compression from a CSV of product image URLs.
+
+    Configuration comes from BULKRESIZE_* environment variables (see docs/configuration.md).
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("csv_file", metavar="IN.csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the output CSV. Default: IN-output.csv beside the input.",
+)
+@click.option("--quality", type=click.IntRange(1, 95), help="Encoder quality, 1-95.")
+@click.option("--format", "image_format", type=click.Choice(FORMATS), help="Output format.")
+@click.option("--max-width", type=click.IntRange(min=1), help="Fit inside this width.")
+@click.option("--max-height", type=click.IntRange(min=1), help="Fit inside this height.")
+def process(
+    csv_file: Path,
+    output: Path | None,
+    quality: int | None,
+    image_format: str | None,
+    max_width: int | None,
+    max_height: int | None,
+) -> None:
+    """Run the whole pipeline on IN.csv and write the output CSV.
+
+    Exit code 0 when the request completed, 1 when it failed, 2 for an invalid CSV or usage.
+    """
+    from bulkresize.service import Pipeline  # lazy: `bulkresize --help` stays fast
+
+    if not csv_file.is_file():
+        raise _Exit(f"no such file: {csv_file}", EXIT_INVALID)
+    output = output or csv_file.with_name(f"{csv_file.stem}-output.csv")
+    options = {
+        "quality": quality, "format": image_format,
+        "max_width": max_width, "max_height": max_height,
+    }
+    settings = _settings()
+    with _errors(), Pipeline.from_settings(settings) as pipeline:
+        pipeline.start()
+        request = pipeline.submit(
+            csv_file.read_bytes(), options=options, base_dir=csv_file.resolve().parent
+        )
+        with _progress(request.total_images) as on_progress:
+            report = pipeline.wait(request.id, on_progress=on_progress)
+        output.write_bytes(pipeline.output_csv(request.id))
+        _print_summary(report, output)
+        failures = [
+            image for image in pipeline.images(request.id) if image.status is ImageStatus.FAILED
+        ]
+        for image in failures[:20]:
+            click.echo(
+                f"  row {image.row}, image {image.position}: {image.error}: "
+                f"{image.error_message} ({image.input_url})"
+            )
+        if len(failures) > 20:
+            click.echo(f"  … and {len(failures) - 20} more (bulkresize status {request.id})")
+    sys.exit(EXIT_OK if report.status is RequestStatus.COMPLETED else EXIT_FAILED)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[StatusReport], None]]:
+    """A progress bar on a terminal; nothing when stderr is a pipe or a file."""
+    if not sys.stderr.isatty():
+        yield lambda report: None
+        return
+    with click.progressbar(length=total, label="images", file=sys.stderr) as bar:
+        seen = 0
+
+        def on_progress(report: StatusReport) -> None:
+            nonlocal seen
+            bar.update(report.processed_images - seen)
+            seen = report.processed_images
+
+        yield on_progress
+
+
+def _print_summary(report: StatusReport, output: Path) -> None:
+    done = report.processed_images - report.failed_images
+    click.echo(f"request {report.request_id}: {report.status}")
+    click.echo(
+        f"images: {report.total_images} total, {done} done, {report.failed_images} failed"
+    )
+    click.echo(f"output CSV: {output}")
+    if report.output_csv_url:
+        click.echo(f"stored at: {report.output_csv_url}")
+
+
+@main.command()
+@click.argument("csv_file", metavar="IN.csv", type=click.Path(dir_okay=False, path_type=Path))
+def validate(csv_file: Path) -> None:
+    """Validate IN.csv only; print every problem. Exit 0 when valid, 2 when not."""
+    from bulkresize.registry import create_backend
+    from bulkresize.validation.base import Validator
+
+    if not csv_file.is_file():
+        raise _Exit(f"no such file: {csv_file}", EXIT_INVALID)
+    settings = _settings()
+    with _errors():
+        validator = create_backend(
+            "validator", settings.validator, Validator,
+            max_rows=settings.max_rows,
+            max_urls_per_row=settings.max_urls_per_row,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+        catalogue = validator.validate(csv_file.read_bytes(), allow_local_files=True)
+    click.echo(f"valid: {len(catalogue.rows)} rows, {catalogue.total_images} images")
+
+
+@main.command()
+@click.argument("request_id")
+def status(request_id: str) -> None:
+    """Print the status document of REQUEST_ID as JSON."""
+    from bulkresize.service import Pipeline
+
+    settings = _settings()
+    with _errors(), Pipeline.from_settings(settings) as pipeline:
+        report = pipeline.status(request_id)
+        document = report.to_dict()
+        document["images"] = [
+            {
+                "row": image.row,
+                "position": image.position,
+                "input_url": image.input_url,
+                "output_url": pipeline.output_url(image),
+                "status": str(image.status),
+                "error": image.error,
+                "error_message": image.error_message,
+            }
+            for image in pipeline.images(request_id)
+            if image.status is ImageStatus.FAILED
+        ]
+    click.echo(json.dumps(document, indent=2))
+
+
+@main.command()
+def backends() -> None:
+    """List every backend and plug-in found, per port, with its package."""
+    rows = [
+        (info.port, info.scheme, info.target, info.distribution,
+         "ok" if info.error is None else info.error)
+        for info in available_backends()
+    ]
+    header = ("port", "scheme", "class", "package", "status")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        click.echo("  ".join([*cells, row[4]]).rstrip())

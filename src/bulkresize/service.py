@@ -1,0 +1,587 @@
+"""The use cases: submit, process an image, finalize, status. No web framework here.
+
+Data flows one way: CSV → validate → persist → enqueue → fetch → encode → store → count →
+finalize. Routes, CLI commands and worker jobs are thin adapters over :class:`Pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Self
+from urllib.parse import urlsplit
+
+from bulkresize.engines.base import ImageEngine
+from bulkresize.errors import (
+    BackendError,
+    ImageError,
+    RequestNotFinal,
+    RequestNotFound,
+    StorageError,
+)
+from bulkresize.fetching import Fetcher
+from bulkresize.models import (
+    Catalogue,
+    Image,
+    ImageOptions,
+    ImageOutcome,
+    ImageStatus,
+    Request,
+    RequestStatus,
+    StatusReport,
+)
+from bulkresize.output_csv import render_output_csv
+from bulkresize.queues.base import Job, Queue
+from bulkresize.registry import create_backend
+from bulkresize.repositories.base import Repository
+from bulkresize.settings import Settings
+from bulkresize.storage.base import Storage
+from bulkresize.validation.base import Validator
+
+__all__ = ["JOB_FINALIZE", "JOB_PROCESS_IMAGE", "Pipeline", "process_csv"]
+
+logger = logging.getLogger(__name__)
+
+JOB_PROCESS_IMAGE = "process_image"
+JOB_FINALIZE = "finalize_request"
+
+#: Storage writes that fail are tried this many times before the image is failed.
+_STORAGE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    request_id: str
+
+    @property
+    def catalogue(self) -> str:
+        return f"{self.request_id}/catalogue.json"
+
+    @property
+    def output_csv(self) -> str:
+        return f"{self.request_id}/output.csv"
+
+    def image(self, row: int, position: int, extension: str) -> str:
+        return f"{self.request_id}/{row}-{position}.{extension}"
+
+
+class Pipeline:
+    """The whole service over injected backends, framework-free.
+
+    Build it with :meth:`from_settings` (or pass ready backends), call :meth:`start` so an
+    in-process queue begins working, then :meth:`submit` CSVs and read :meth:`status`.
+
+    Args:
+        settings: Limits and defaults.
+        storage: Where outputs go.
+        repository: Where state is kept.
+        queue: Where jobs run.
+        validator: Parses and checks CSVs.
+        engine: Re-encodes images.
+        fetcher: Downloads images; default built from ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage,
+        repository: Repository,
+        queue: Queue,
+        validator: Validator,
+        engine: ImageEngine,
+        fetcher: Fetcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.repository = repository
+        self.queue = queue
+        self.validator = validator
+        self.engine = engine
+        self.fetcher = fetcher if fetcher is not None else Fetcher.from_settings(settings)
+        # Decoding and encoding are CPU-bound: at most one per core, however many downloads.
+        self._encode_slots = threading.BoundedSemaphore(settings.resolved_encode_workers)
+        self._started = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        storage: Storage | None = None,
+        repository: Repository | None = None,
+        queue: Queue | None = None,
+        validator: Validator | None = None,
+        engine: ImageEngine | None = None,
+        fetcher: Fetcher | None = None,
+    ) -> Pipeline:
+        """Compose a pipeline from settings; any backend passed in is used as it is.
+
+        Raises:
+            BackendNotFound: A configured URL names no installed backend.
+        """
+        settings = settings if settings is not None else Settings.from_env()
+        built: list[Any] = []
+        try:
+            if storage is None:
+                storage_options = dict(settings.storage_options)
+                if settings.public_url:
+                    storage_options["public_url"] = settings.public_url
+                storage = create_backend(
+                    "storage", settings.resolved_storage_url, Storage, **storage_options
+                )
+                built.append(storage)
+            if repository is None:
+                repository = create_backend(
+                    "repository", settings.resolved_database_url, Repository
+                )
+                built.append(repository)
+            if queue is None:
+                queue_options: dict[str, Any] = {}
+                if settings.queue_url.startswith("local"):
+                    queue_options["workers"] = settings.download_concurrency
+                queue = create_backend("queue", settings.queue_url, Queue, **queue_options)
+                built.append(queue)
+            if validator is None:
+                validator = create_backend(
+                    "validator",
+                    settings.validator,
+                    Validator,
+                    max_rows=settings.max_rows,
+                    max_urls_per_row=settings.max_urls_per_row,
+                    max_upload_bytes=settings.max_upload_bytes,
+                )
+            if engine is None:
+                engine = create_backend(
+                    "engine", settings.engine, ImageEngine,
+                    max_image_pixels=settings.max_image_pixels,
+                )
+        except BaseException:
+            for backend in reversed(built):
+                backend.close()
+            raise
+        return cls(
+            settings,
+            storage=storage,
+            repository=repository,
+            queue=queue,
+            validator=validator,
+            engine=engine,
+            fetcher=fetcher,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, resume: bool = True) -> None:
+        """Let an in-process queue start running jobs, and resume unfinished work.
+
+        With a distributed queue this only resumes; ``bulkresize worker`` runs the jobs.
+        """
+        if self._started:
+            return
+        self._started = True
+        if self.queue.in_process:
+            self.queue.start(self.handle_job)
+        if resume:
+            self.resume()
+
+    def close(self) -> None:
+        """Stop the queue and release every backend."""
+        self.queue.close()
+        self.fetcher.close()
+        self.engine.close()
+        self.validator.close()
+        self.repository.close()
+        self.storage.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        data: bytes,
+        *,
+        options: ImageOptions | Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
+        owner: str | None = None,
+        base_dir: Path | None = None,
+    ) -> Request:
+        """Validate a CSV, persist the request and its images, then queue them.
+
+        Args:
+            data: The CSV file's bytes.
+            options: Image options for this request, over the deployment's defaults.
+            callback_url: Where to send the webhook when the request is final.
+            owner: An opaque tag of who created it (the HTTP layer's API key hash).
+            base_dir: Allows local files (``file://`` URLs and paths relative to this folder).
+                Only the CLI and the library pass it; the HTTP API never does.
+
+        Returns:
+            The accepted request, ``pending``.
+
+        Raises:
+            ValidationFailed: The CSV breaks a rule; ``problems`` lists every one.
+            UploadTooLarge: The CSV is over ``max_upload_bytes``.
+            InvalidOption: An option is out of range.
+        """
+        image_options = self._options(options)
+        catalogue = self.validator.validate(data, allow_local_files=base_dir is not None)
+        request_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        images = [
+            Image(
+                request_id=request_id,
+                row=row.number,
+                position=position,
+                input_url=url,
+                source_url=_source_url(url, base_dir),
+            )
+            for row in catalogue.rows
+            for position, url in enumerate(row.urls, start=1)
+        ]
+        request = Request(
+            id=request_id,
+            status=RequestStatus.PENDING,
+            total_images=len(images),
+            processed_images=0,
+            failed_images=0,
+            options=image_options,
+            created_at=now,
+            updated_at=now,
+            callback_url=callback_url,
+            owner=owner,
+        )
+        keys = _Keys(request_id)
+        # The catalogue is stored first and the state committed before anything is queued,
+        # so a crash at any point leaves either nothing or a request that can be resumed.
+        self.storage.put(
+            keys.catalogue,
+            json.dumps(catalogue.to_dict(), ensure_ascii=False).encode(),
+            content_type="application/json",
+        )
+        self.repository.add_request(request, images)
+        self.queue.enqueue([self._image_job(request, image) for image in images])
+        return request
+
+    def _options(self, options: ImageOptions | Mapping[str, Any] | None) -> ImageOptions:
+        if isinstance(options, ImageOptions):
+            return options
+        return self.settings.image_options.with_overrides(options or {})
+
+    @staticmethod
+    def _image_job(request: Request, image: Image) -> Job:
+        return Job(
+            id=f"{JOB_PROCESS_IMAGE}:{image.request_id}:{image.row}:{image.position}",
+            kind=JOB_PROCESS_IMAGE,
+            payload={
+                "request_id": image.request_id,
+                "row": image.row,
+                "position": image.position,
+                "source_url": image.source_url,
+                "options": request.options.to_dict(),
+            },
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def handle_job(self, job: Job) -> None:
+        """Run one job from the queue. Safe to run twice.
+
+        Raises:
+            BackendError: The repository failed; the queue should retry the job.
+        """
+        payload = job.payload
+        if job.kind == JOB_PROCESS_IMAGE:
+            self.process_image(
+                str(payload["request_id"]),
+                int(payload["row"]),
+                int(payload["position"]),
+                source_url=str(payload["source_url"]),
+                options=ImageOptions.from_dict(payload["options"]),
+            )
+        elif job.kind == JOB_FINALIZE:
+            self.finalize(str(payload["request_id"]))
+        else:
+            logger.error("dropping job %s of unknown kind %r", job.id, job.kind)
+
+    def process_image(
+        self,
+        request_id: str,
+        row: int,
+        position: int,
+        *,
+        source_url: str,
+        options: ImageOptions,
+    ) -> None:
+        """Download, re-encode and store one image, record the outcome, finalize if last.
+
+        Every failure of the image itself is recorded on that image only, with its error code.
+        """
+        outcome = self._produce(request_id, row, position, source_url, options)
+        updated = self.repository.record_image(request_id, row, position, outcome)
+        if updated is None:
+            # Recorded before (a re-run): make sure a lost finalization still happens.
+            updated = self.repository.get_request(request_id)
+        if updated.processed_images >= updated.total_images and not updated.is_final:
+            self.finalize(request_id)
+
+    def _produce(
+        self, request_id: str, row: int, position: int, source_url: str, options: ImageOptions
+    ) -> ImageOutcome:
+        bytes_in: int | None = None
+        try:
+            fetched = self.fetcher.fetch(source_url, allow_files=source_url.startswith("file:"))
+            bytes_in = len(fetched.data)
+            with self._encode_slots:
+                encoded = self.engine.process(fetched.data, options)
+            key = _Keys(request_id).image(row, position, encoded.extension)
+            self._put_with_retries(key, encoded.data, encoded.content_type)
+        except ImageError as exc:
+            return ImageOutcome(
+                ImageStatus.FAILED, error=exc.code, error_message=str(exc), bytes_in=bytes_in
+            )
+        except StorageError as exc:
+            return ImageOutcome(
+                ImageStatus.FAILED, error="storage_error", error_message=str(exc),
+                bytes_in=bytes_in,
+            )
+        except Exception as exc:  # a bug must fail one image, never the worker
+            logger.exception("unexpected error on %s row %d position %d", request_id, row,
+                             position)
+            return ImageOutcome(
+                ImageStatus.FAILED,
+                error="internal_error",
+                error_message=f"{type(exc).__name__}: {exc}",
+                bytes_in=bytes_in,
+            )
+        return ImageOutcome(
+            ImageStatus.DONE, output_key=key, bytes_in=bytes_in, bytes_out=len(encoded.data)
+        )
+
+    def _put_with_retries(self, key: str, data: bytes, content_type: str) -> None:
+        for attempt in range(1, _STORAGE_ATTEMPTS + 1):
+            try:
+                self.storage.put(key, data, content_type=content_type)
+                return
+            except StorageError:
+                if attempt == _STORAGE_ATTEMPTS:
+                    raise
+                time.sleep(self.settings.retry_backoff * 2 ** (attempt - 1))
+
+    def finalize(self, request_id: str) -> bool:
+        """Write the output CSV and mark the request final, once all its images are final.
+
+        Safe to call any number of times, from any process: the output CSV has a fixed key and
+        only one call moves the request to its final status.
+
+        Returns:
+            True if this call finalized the request.
+        """
+        request = self.repository.get_request(request_id)
+        if request.is_final or request.processed_images < request.total_images:
+            return False
+        keys = _Keys(request_id)
+        catalogue = Catalogue.from_dict(json.loads(self.storage.get(keys.catalogue)))
+        output_urls = {
+            (image.row, image.position): self.storage.url(image.output_key)
+            for image in self.repository.list_images(request_id, status=ImageStatus.DONE)
+            if image.output_key
+        }
+        self.storage.put(
+            keys.output_csv,
+            render_output_csv(
+                catalogue, output_urls, neutralize_formulas=self.settings.neutralize_formulas
+            ),
+            content_type="text/csv; charset=utf-8",
+        )
+        everything_failed = request.failed_images >= request.total_images
+        status = RequestStatus.FAILED if everything_failed else RequestStatus.COMPLETED
+        won = self.repository.finalize_request(request_id, status, keys.output_csv)
+        if won:
+            logger.info("request %s %s: %d images, %d failed", request_id, status,
+                        request.total_images, request.failed_images)
+        return won
+
+    def resume(self) -> int:
+        """Queue again every pending image of every unfinished request; finalize the rest.
+
+        Run at start, so a process killed mid-request loses nothing. Jobs are idempotent, so
+        re-queueing an image that another worker still holds only costs a duplicate download.
+
+        Returns:
+            How many image jobs were queued.
+        """
+        queued = 0
+        for request in self.repository.list_unfinished(limit=100_000):
+            try:
+                pending = self.repository.list_images(request.id, status=ImageStatus.PENDING)
+            except RequestNotFound:
+                continue
+            jobs = [self._image_job(request, image) for image in pending]
+            jobs = [job for job in jobs if not self.queue.is_pending(job.id)]
+            if jobs:
+                self.queue.enqueue(jobs)
+                queued += len(jobs)
+            elif request.processed_images >= request.total_images:
+                try:
+                    self.finalize(request.id)
+                except BackendError:
+                    logger.exception("could not finalize %s; will retry", request.id)
+        return queued
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def status(self, request_id: str) -> StatusReport:
+        """The status document of a request.
+
+        Raises:
+            RequestNotFound: No request has this ID.
+        """
+        request = self.repository.get_request(request_id)
+        return self._report(request)
+
+    def _report(self, request: Request) -> StatusReport:
+        output_url = None
+        if request.is_final and request.output_key:
+            output_url = self.storage.url(request.output_key)
+        return StatusReport(
+            request_id=request.id,
+            status=request.status,
+            total_images=request.total_images,
+            processed_images=request.processed_images,
+            failed_images=request.failed_images,
+            created_at=request.created_at,
+            updated_at=request.updated_at,
+            output_csv_url=output_url,
+        )
+
+    def images(self, request_id: str) -> list[Image]:
+        """Every image of a request, by row and position.
+
+        Raises:
+            RequestNotFound: No request has this ID.
+        """
+        return self.repository.list_images(request_id)
+
+    def output_url(self, image: Image) -> str | None:
+        """The public URL of a done image's output."""
+        return self.storage.url(image.output_key) if image.output_key else None
+
+    def output_csv(self, request_id: str) -> bytes:
+        """The output CSV of a final request.
+
+        Raises:
+            RequestNotFound: No request has this ID.
+            RequestNotFinal: The request is not final yet.
+        """
+        request = self.repository.get_request(request_id)
+        if not request.is_final or not request.output_key:
+            raise RequestNotFinal(f"request {request_id!r} is {request.status}; not final yet")
+        return self.storage.get(request.output_key)
+
+    def wait(
+        self,
+        request_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.1,
+        on_progress: Callable[[StatusReport], None] | None = None,
+    ) -> StatusReport:
+        """Block until the request is final and return its status.
+
+        Args:
+            request_id: The request.
+            timeout: Seconds to wait at most; ``None`` waits for ever.
+            poll_interval: Seconds between looks at the repository.
+            on_progress: Called with each status seen (for progress bars).
+
+        Raises:
+            TimeoutError: The request was not final within ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            report = self.status(request_id)
+            if on_progress is not None:
+                on_progress(report)
+            if report.status.is_final:
+                return report
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"request {request_id} is still {report.status}")
+            time.sleep(poll_interval)
+
+
+def _source_url(url: str, base_dir: Path | None) -> str:
+    """What to fetch for a URL as written: local paths become absolute ``file://`` URLs."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https") or base_dir is None:
+        return url
+    if scheme == "file":
+        return url
+    path = Path(url).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    return path.resolve().as_uri()
+
+
+def process_csv(
+    source: str | Path | BinaryIO,
+    output: str | Path | BinaryIO | None = None,
+    *,
+    settings: Settings | None = None,
+    on_progress: Callable[[StatusReport], None] | None = None,
+    **options: Any,
+) -> StatusReport:
+    """Run the whole pipeline on one CSV and block until the request is final.
+
+    Local image paths in the CSV are resolved against the CSV's folder (for a file object,
+    the current folder).
+
+    Args:
+        source: A path to the CSV, or a binary file object.
+        output: Where to write the output CSV, a path or a binary file object; optional (it is
+            also kept in storage, at the status's ``output_csv_url``).
+        settings: The deployment; default ``Settings.from_env()``.
+        on_progress: Called with each status seen while waiting.
+        **options: Image options for this request: ``quality``, ``format``, ``max_width``,
+            ``max_height``.
+
+    Returns:
+        The final status: ``request_id``, ``status``, ``total_images``, ``processed_images``,
+        ``failed_images``, ``output_csv_url`` …
+
+    Raises:
+        ValidationFailed: The CSV breaks a rule; ``problems`` lists every one.
+        UploadTooLarge: The CSV is over ``max_upload_bytes``.
+        InvalidOption: An option is out of range.
+        BackendNotFound: A configured backend is not installed.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        data = path.read_bytes()
+        base_dir = path.resolve().parent
+    else:
+        data = source.read()
+        base_dir = Path.cwd()
+    with Pipeline.from_settings(settings) as pipeline:
+        pipeline.start()
+        request = pipeline.submit(data, options=options, base_dir=base_dir)
+        report = pipeline.wait(request.id, on_progress=on_progress)
+        if output is not None:
+            csv_bytes = pipeline.output_csv(request.id)
+            if isinstance(output, (str, Path)):
+                Path(output).write_bytes(csv_bytes)
+            else:
+                output.write(csv_bytes)
+    return report

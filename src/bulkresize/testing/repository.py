@@ -1,0 +1,202 @@
+"""The repository conformance suite."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from bulkresize.errors import RepositoryError, RequestNotFound
+from bulkresize.models import (
+    Image,
+    ImageOptions,
+    ImageOutcome,
+    ImageStatus,
+    Request,
+    RequestStatus,
+)
+from bulkresize.repositories.base import Repository
+
+__all__ = ["RepositoryContract", "make_request"]
+
+DONE = ImageOutcome(ImageStatus.DONE, output_key="k", bytes_in=10, bytes_out=5)
+FAILED = ImageOutcome(ImageStatus.FAILED, error="http_status", error_message="HTTP 404")
+
+
+def make_request(rows: int = 2, per_row: int = 3, **fields: object) -> tuple[Request, list[Image]]:
+    """A new pending request with ``rows × per_row`` pending images."""
+    request_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    images = [
+        Image(request_id, row, position, f"https://img.example/{row}/{position}.jpg",
+              f"https://img.example/{row}/{position}.jpg")
+        for row in range(1, rows + 1)
+        for position in range(1, per_row + 1)
+    ]
+    request = Request(
+        id=request_id, status=RequestStatus.PENDING, total_images=len(images),
+        processed_images=0, failed_images=0, options=ImageOptions(quality=40, format="webp"),
+        created_at=now, updated_at=now, callback_url=None, owner=None,
+    )
+    if fields:
+        request = dataclasses.replace(request, **fields)  # type: ignore[arg-type]
+    return request, images
+
+
+class RepositoryContract:
+    """Mix into a test class and provide the ``repository`` fixture (fresh and empty)."""
+
+    @pytest.fixture
+    def repository(self) -> Repository:
+        """The backend under test. Override this fixture."""
+        raise NotImplementedError("provide a `repository` fixture")
+
+    @pytest.fixture
+    def supports_concurrency(self) -> bool:
+        """Set to False for a backend that is only used from one thread."""
+        return True
+
+    def test_add_then_get_returns_the_request(self, repository: Repository) -> None:
+        request, images = make_request(callback_url="https://hooks.example/x", owner="o1")
+        repository.add_request(request, images)
+        stored = repository.get_request(request.id)
+        assert stored.id == request.id
+        assert stored.status is RequestStatus.PENDING
+        assert (stored.total_images, stored.processed_images, stored.failed_images) == (6, 0, 0)
+        assert stored.options == ImageOptions(quality=40, format="webp")
+        assert stored.callback_url == "https://hooks.example/x"
+        assert stored.owner == "o1"
+        assert stored.created_at.tzinfo is not None
+        assert abs((stored.created_at - request.created_at).total_seconds()) < 1
+
+    def test_get_of_an_unknown_request_raises_request_not_found(
+        self, repository: Repository
+    ) -> None:
+        with pytest.raises(RequestNotFound):
+            repository.get_request("no-such-request")
+        with pytest.raises(RequestNotFound):
+            repository.list_images("no-such-request")
+
+    def test_a_request_id_cannot_be_added_twice(self, repository: Repository) -> None:
+        request, images = make_request()
+        repository.add_request(request, images)
+        with pytest.raises(RepositoryError):
+            repository.add_request(request, images)
+
+    def test_images_come_back_in_row_and_position_order(self, repository: Repository) -> None:
+        request, images = make_request(rows=3, per_row=12)
+        repository.add_request(request, list(reversed(images)))
+        listed = repository.list_images(request.id)
+        assert [(i.row, i.position) for i in listed] == [(i.row, i.position) for i in images]
+        assert listed[0].input_url == images[0].input_url
+        assert all(i.status is ImageStatus.PENDING for i in listed)
+
+    def test_record_moves_a_pending_image_and_counts_it(self, repository: Repository) -> None:
+        request, images = make_request()
+        repository.add_request(request, images)
+        updated = repository.record_image(request.id, 1, 2, DONE)
+        assert updated is not None
+        assert updated.status is RequestStatus.PROCESSING
+        assert (updated.processed_images, updated.failed_images) == (1, 0)
+        updated = repository.record_image(request.id, 2, 1, FAILED)
+        assert updated is not None
+        assert (updated.processed_images, updated.failed_images) == (2, 1)
+        by_key = {(i.row, i.position): i for i in repository.list_images(request.id)}
+        assert by_key[1, 2].status is ImageStatus.DONE
+        assert (by_key[1, 2].output_key, by_key[1, 2].bytes_in, by_key[1, 2].bytes_out) == (
+            "k", 10, 5)
+        assert by_key[2, 1].status is ImageStatus.FAILED
+        assert (by_key[2, 1].error, by_key[2, 1].error_message) == ("http_status", "HTTP 404")
+        pending = repository.list_images(request.id, status=ImageStatus.PENDING)
+        assert len(pending) == 4
+
+    def test_recording_the_same_image_twice_changes_nothing(
+        self, repository: Repository
+    ) -> None:
+        request, images = make_request()
+        repository.add_request(request, images)
+        assert repository.record_image(request.id, 1, 1, DONE) is not None
+        assert repository.record_image(request.id, 1, 1, FAILED) is None
+        stored = repository.get_request(request.id)
+        assert (stored.processed_images, stored.failed_images) == (1, 0)
+        assert repository.list_images(request.id)[0].status is ImageStatus.DONE
+
+    def test_recording_an_unknown_image_raises(self, repository: Repository) -> None:
+        request, images = make_request()
+        repository.add_request(request, images)
+        with pytest.raises(RequestNotFound):
+            repository.record_image(request.id, 99, 1, DONE)
+
+    def test_concurrent_records_count_exactly(
+        self, repository: Repository, supports_concurrency: bool
+    ) -> None:
+        if not supports_concurrency:
+            pytest.skip("backend is single-threaded")
+        request, images = make_request(rows=10, per_row=10)
+        repository.add_request(request, images)
+        # Every image is recorded twice, concurrently: each must count once.
+        work = [(i.row, i.position) for i in images] * 2
+
+        def record(key: tuple[int, int]) -> bool:
+            outcome = FAILED if key[1] % 5 == 0 else DONE
+            return repository.record_image(request.id, key[0], key[1], outcome) is not None
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            moved = list(pool.map(record, work))
+        assert sum(moved) == 100
+        stored = repository.get_request(request.id)
+        assert (stored.processed_images, stored.failed_images) == (100, 20)
+
+    def test_finalize_waits_for_every_image(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=2)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        assert not repository.finalize_request(request.id, RequestStatus.COMPLETED, "out.csv")
+        assert repository.get_request(request.id).status is RequestStatus.PROCESSING
+
+    def test_finalize_happens_exactly_once(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=2)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        repository.record_image(request.id, 1, 2, FAILED)
+        assert repository.finalize_request(request.id, RequestStatus.COMPLETED, "r/out.csv")
+        assert not repository.finalize_request(request.id, RequestStatus.FAILED, "other.csv")
+        stored = repository.get_request(request.id)
+        assert stored.status is RequestStatus.COMPLETED
+        assert stored.output_key == "r/out.csv"
+        assert stored.is_final
+
+    def test_concurrent_finalizers_have_one_winner(
+        self, repository: Repository, supports_concurrency: bool
+    ) -> None:
+        if not supports_concurrency:
+            pytest.skip("backend is single-threaded")
+        request, images = make_request(rows=1, per_row=1)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            wins = list(pool.map(
+                lambda _: repository.finalize_request(request.id, RequestStatus.COMPLETED, "o"),
+                range(16),
+            ))
+        assert wins.count(True) == 1
+
+    def test_unfinished_lists_only_requests_not_final(self, repository: Repository) -> None:
+        open_request, open_images = make_request(rows=1, per_row=1)
+        done_request, done_images = make_request(rows=1, per_row=1)
+        repository.add_request(open_request, open_images)
+        repository.add_request(done_request, done_images)
+        repository.record_image(done_request.id, 1, 1, DONE)
+        repository.finalize_request(done_request.id, RequestStatus.COMPLETED, "o")
+        unfinished = {r.id for r in repository.list_unfinished()}
+        assert open_request.id in unfinished
+        assert done_request.id not in unfinished
+
+    def test_final_status_cannot_be_pending(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=1)
+        repository.add_request(request, images)
+        with pytest.raises(ValueError, match="final"):
+            repository.finalize_request(request.id, RequestStatus.PROCESSING, None)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from services import require_postgres
+from sqlalchemy import create_engine, text
+
+from bulkresize.repositories import Repository
+from bulkresize.repositories.sql import SQLRepository
+from bulkresize.testing import RepositoryContract
+
+
+class TestSQLiteRepository(RepositoryContract):
+    @pytest.fixture
+    def repository(self, tmp_path: Path) -> Iterator[Repository]:
+        repository = SQLRepository.from_url(f"sqlite:///{tmp_path / 'state.db'}")
+        yield repository
+        repository.close()
+
+
+class TestInMemorySQLiteRepository(RepositoryContract):
+    @pytest.fixture
+    def repository(self) -> Iterator[Repository]:
+        repository = SQLRepository.from_url("sqlite://")
+        yield repository
+        repository.close()
+
+
+@pytest.mark.integration
+class TestPostgresRepository(RepositoryContract):
+    @pytest.fixture
+    def repository(self) -> Iterator[Repository]:
+        url = require_postgres()
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS bulkresize_images"))
+            connection.execute(text("DROP TABLE IF EXISTS bulkresize_requests"))
+        engine.dispose()
+        repository = SQLRepository.from_url(url)
+        yield repository
+        repository.close()
+
+
+def test_sqlite_uses_wal_and_creates_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "state.db"
+    repository = SQLRepository.from_url(f"sqlite:///{path}")
+    try:
+        assert path.exists()
+        engine = create_engine(f"sqlite:///{path}")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        engine.dispose()
+    finally:
+        repository.close()
+
+
+def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    first = SQLRepository.from_url(url)
+    second = SQLRepository.from_url(url)
+    second.create_schema()
+    first.close()
+    second.close()

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bulkresize.registry import create_backend
+from bulkresize.storage import Storage
+from bulkresize.storage.fsspec import FsspecStorage
+from bulkresize.testing import StorageContract
+
+
+class TestLocalFileStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Storage:
+        return FsspecStorage.from_url((tmp_path / "files").as_uri())
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage(self) -> Storage:
+        return FsspecStorage.from_url(f"memory://bulkresize-{uuid.uuid4().hex}")
+
+
+def test_local_urls_are_file_uris_under_the_root(tmp_path: Path) -> None:
+    storage = FsspecStorage.from_url((tmp_path / "files").as_uri())
+    storage.put("r/1-1.jpg", b"x", content_type="image/jpeg")
+    url = storage.url("r/1-1.jpg")
+    assert url == (tmp_path / "files" / "r" / "1-1.jpg").as_uri()
+    assert Path(url.removeprefix("file://")).read_bytes() == b"x"
+
+
+def test_public_url_overrides_the_storage_url(tmp_path: Path) -> None:
+    storage = FsspecStorage.from_url(
+        tmp_path.as_uri(), public_url="https://cdn.example.com/images/"
+    )
+    assert storage.url("abc/2-3.jpg") == "https://cdn.example.com/images/abc/2-3.jpg"
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    storage = FsspecStorage.from_url(tmp_path.as_uri())
+    for _ in range(3):
+        storage.put("r/1-1.jpg", b"data", content_type="image/jpeg")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["1-1.jpg"]
+
+
+def test_the_registry_builds_fsspec_storage_for_file_and_memory(tmp_path: Path) -> None:
+    assert isinstance(create_backend("storage", tmp_path.as_uri(), Storage), FsspecStorage)
+    assert isinstance(create_backend("storage", "memory://x", Storage), FsspecStorage)
