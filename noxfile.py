@@ -1,0 +1,37 @@
+"""Sessions: tests (against the installed package), lint (ruff) and typing (mypy, strict)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+
+
+def _install(session: nox.Session, *args: str) -> None:
+    # Dependency groups need pip >= 25.1; the venv's bundled pip may be older.
+    session.install("--upgrade", "pip")
+    session.install(*args)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite against the installed package (not the source tree)."""
+    _install(session, "--group", "test", ".[all]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and format check."""
+    _install(session, "--group", "lint")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "examples")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "examples")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """Mypy, strict, on src/."""
+    _install(session, "--group", "typing", ".[all]")
+    session.run("mypy", "src")

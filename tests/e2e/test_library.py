@@ -1,0 +1,168 @@
+"""`bulkresize.process_csv` and `Pipeline` from Python, images from a loopback origin."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from images import encode, photo
+from origin import Origin
+from PIL import Image
+
+import bulkresize
+from bulkresize import ImageStatus, RequestStatus, Settings
+from bulkresize.errors import InvalidOption, ValidationFailed
+from bulkresize.models import ImageOutcome
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", allow_private_urls=True, retry_backoff=0.01,
+                    fetch_timeout=5)
+
+
+def test_process_csv_from_a_file_object(origin: Origin, settings: Settings) -> None:
+    a = origin.add("/a.jpg", encode(photo(400, 300), "JPEG", quality=95))
+    b = origin.add("/b.png", encode(photo(100, 100), "PNG"))
+    source = io.BytesIO(
+        f"Serial Number,product name ,IMAGE URLS\n7,Lamp,\"{a}, {b}\"\n8,Desk,{origin.url('/x')}\n"
+        .encode()
+    )
+    output = io.BytesIO()
+
+    report = bulkresize.process_csv(source, output, settings=settings, quality=30,
+                                    max_width=200)
+
+    assert report.status is RequestStatus.COMPLETED
+    assert (report.total_images, report.processed_images, report.failed_images) == (3, 3, 1)
+    assert report.output_csv_url and report.output_csv_url.endswith("/output.csv")
+    rows = list(csv.reader(io.StringIO(output.getvalue().decode())))
+    assert rows[0] == ["Serial Number", "product name ", "IMAGE URLS", "Output Image Urls"]
+    first, second = rows[1][3].split(",")
+    assert rows[2][3] == origin.url("/x")
+    pipeline = bulkresize.Pipeline.from_settings(settings)
+    try:
+        images = pipeline.images(report.request_id)
+        assert [(i.row, i.position, i.status) for i in images] == [
+            (1, 1, ImageStatus.DONE), (1, 2, ImageStatus.DONE), (2, 1, ImageStatus.FAILED)]
+        stored = pipeline.storage.get(images[0].output_key or "")
+        assert stored == Path(first.removeprefix("file://")).read_bytes()
+    finally:
+        pipeline.close()
+    out = Image.open(io.BytesIO(Path(first.removeprefix("file://")).read_bytes()))
+    assert out.size == (200, 150)  # fit inside the box, aspect kept
+    assert Image.open(Path(second.removeprefix("file://"))).size == (100, 100)  # no upscale
+
+
+def test_process_csv_with_local_paths_writes_the_output_file(tmp_path: Path,
+                                                              settings: Settings) -> None:
+    folder = tmp_path / "catalogue"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "a.png").write_bytes(encode(photo(50, 40), "PNG"))
+    source = folder / "products.csv"
+    source.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        f"1,Local,\"img/a.png,{(folder / 'img' / 'a.png').as_uri()}\"\n"
+    )
+    report = bulkresize.process_csv(source, tmp_path / "out.csv", settings=settings)
+    assert report.status is RequestStatus.COMPLETED
+    assert report.failed_images == 0
+    assert (tmp_path / "out.csv").read_text().count(".jpg") == 2
+
+
+def test_process_csv_reports_every_problem(settings: Settings) -> None:
+    source = io.BytesIO(b"S. No.,Product Name,Input Image Urls\n1,,ftp://x\n1,B,\n")
+    with pytest.raises(ValidationFailed) as raised:
+        bulkresize.process_csv(source, settings=settings)
+    assert len(raised.value.problems) >= 4
+    assert {p.row for p in raised.value.problems} == {1, 2}
+
+
+def test_process_csv_rejects_a_bad_option(settings: Settings) -> None:
+    with pytest.raises(InvalidOption):
+        bulkresize.process_csv(io.BytesIO(b"x"), settings=settings, quality=120)
+
+
+def test_a_slow_url_does_not_hold_up_the_others(origin: Origin, settings: Settings) -> None:
+    slow = origin.add("/slow.jpg", encode(photo(), "JPEG"), delay=3)
+    fast = [origin.add(f"/f{n}.jpg", encode(photo(seed=n), "JPEG")) for n in range(10)]
+    cells = ",".join([slow, *fast])
+    data = f"S. No.,Product Name,Input Image Urls\n1,A,\"{cells}\"\n".encode()
+    with bulkresize.Pipeline.from_settings(settings) as pipeline:
+        pipeline.start()
+        started = time.monotonic()
+        request = pipeline.submit(data)
+        deadline = started + 2.5
+        while time.monotonic() < deadline:
+            done = pipeline.images(request.id)
+            if sum(i.status is ImageStatus.DONE for i in done) == 10:
+                break
+            time.sleep(0.05)
+        finished_fast = time.monotonic() - started
+        statuses = {i.position: i.status for i in pipeline.images(request.id)}
+        assert statuses[1] is ImageStatus.PENDING, "the slow image finished too early"
+        assert all(statuses[p] is ImageStatus.DONE for p in range(2, 12)), finished_fast
+        report = pipeline.wait(request.id, timeout=30)
+        assert report.status is RequestStatus.COMPLETED and report.failed_images == 0
+
+
+def test_a_job_run_twice_counts_once_and_finalizes_once(origin: Origin,
+                                                        settings: Settings) -> None:
+    url = origin.add("/a.jpg", encode(photo(), "JPEG"))
+    data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()
+    pipeline = bulkresize.Pipeline.from_settings(settings)
+    try:
+        request = pipeline.submit(data)  # not started: we run the job by hand
+        options = bulkresize.ImageOptions()
+        threads = [threading.Thread(target=pipeline.process_image,
+                                    args=(request.id, 1, 1),
+                                    kwargs={"source_url": url, "options": options})
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        report = pipeline.status(request.id)
+        assert report.status is RequestStatus.COMPLETED
+        assert (report.processed_images, report.failed_images) == (1, 0)
+        assert origin.hits("/a.jpg") == 4
+    finally:
+        pipeline.close()
+
+
+def test_a_lost_finalization_is_redone_on_resume(origin: Origin, settings: Settings) -> None:
+    url = origin.add("/a.jpg", encode(photo(), "JPEG"))
+    data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()
+    pipeline = bulkresize.Pipeline.from_settings(settings)
+    try:
+        request = pipeline.submit(data)
+        # Record the image behind the service's back, as a worker that died before finalizing.
+        pipeline.repository.record_image(
+            request.id, 1, 1, ImageOutcome(ImageStatus.FAILED, error="timeout",
+                                           error_message="gave up"))
+        assert pipeline.status(request.id).status is RequestStatus.PROCESSING
+    finally:
+        pipeline.close()
+    with bulkresize.Pipeline.from_settings(settings) as restarted:
+        restarted.start()  # resumes
+        report = restarted.wait(request.id, timeout=10)
+        assert report.status is RequestStatus.FAILED  # every image failed
+        assert restarted.output_csv(request.id).decode().splitlines()[1].endswith(url)
+
+
+def test_pending_images_are_resumed_after_a_restart(origin: Origin, settings: Settings) -> None:
+    urls = [origin.add(f"/r{n}.jpg", encode(photo(seed=n), "JPEG")) for n in range(5)]
+    data = ("S. No.,Product Name,Input Image Urls\n1,A,\"" + ",".join(urls) + "\"\n").encode()
+    first = bulkresize.Pipeline.from_settings(settings)
+    request = first.submit(data)  # accepted, but this process "dies" before running anything
+    first.close()
+    assert origin.requests == []
+    with bulkresize.Pipeline.from_settings(settings) as second:
+        second.start()
+        report = second.wait(request.id, timeout=20)
+    assert report.status is RequestStatus.COMPLETED
+    assert report.processed_images == 5 and report.failed_images == 0
