@@ -32,22 +32,26 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 
 
-class _Exit(click.ClickException):
-    """An error message on stderr and a chosen exit code, never a traceback."""
+class _Failed(click.ClickException):
+    """An error message on stderr and exit code 1, never a traceback."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_FAILED
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.message}", err=True)
+
+
+class _Invalid(_Failed):
+    """Invalid input or usage: exit code 2."""
+
+    exit_code = EXIT_INVALID
 
 
 def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigurationError as exc:
-        raise _Exit(str(exc), EXIT_INVALID) from None
+        raise _Invalid(str(exc)) from None
 
 
 @contextmanager
@@ -59,13 +63,13 @@ def _errors() -> Iterator[None]:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         count = len(exc.problems)
-        raise _Exit(f"invalid CSV: {count} problem{'s' if count != 1 else ''}", EXIT_INVALID)
+        raise _Invalid(f"invalid CSV: {count} problem{'s' if count != 1 else ''}")
     except (UploadTooLarge, InvalidOption, ConfigurationError) as exc:
-        raise _Exit(str(exc), EXIT_INVALID) from None
+        raise _Invalid(str(exc)) from None
     except RequestNotFound as exc:
-        raise _Exit(str(exc), EXIT_FAILED) from None
+        raise _Failed(str(exc)) from None
     except BulkResizeError as exc:
-        raise _Exit(str(exc), EXIT_FAILED) from None
+        raise _Failed(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,7 +107,7 @@ def process(
     from bulkresize.service import Pipeline  # lazy: `bulkresize --help` stays fast
 
     if not csv_file.is_file():
-        raise _Exit(f"no such file: {csv_file}", EXIT_INVALID)
+        raise _Invalid(f"no such file: {csv_file}")
     output = output or csv_file.with_name(f"{csv_file.stem}-output.csv")
     options = {
         "quality": quality, "format": image_format,
@@ -168,7 +172,7 @@ def validate(csv_file: Path) -> None:
     from bulkresize.validation.base import Validator
 
     if not csv_file.is_file():
-        raise _Exit(f"no such file: {csv_file}", EXIT_INVALID)
+        raise _Invalid(f"no such file: {csv_file}")
     settings = _settings()
     with _errors():
         validator = create_backend(

@@ -192,7 +192,7 @@ def create_backend(port: Port, url: str, base: type[T], **options: Any) -> T:
     Raises:
         BackendNotFound: As :func:`load_backend`.
     """
-    cls = load_backend(port, url, base)
+    cls: Any = load_backend(port, url, base)
     return cast(T, cls.from_url(url, **options))
 
 

@@ -91,8 +91,7 @@ class Settings:
     neutralize_formulas: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept str paths too
         try:
             self.image_options  # noqa: B018  # fail early on bad defaults
         except InvalidOption as exc:

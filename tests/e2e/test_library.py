@@ -55,7 +55,8 @@ def test_process_csv_from_a_file_object(origin: Origin, settings: Settings) -> N
         pipeline.close()
     out = Image.open(io.BytesIO(Path(first.removeprefix("file://")).read_bytes()))
     assert out.size == (200, 150)  # fit inside the box, aspect kept
-    assert Image.open(Path(second.removeprefix("file://"))).size == (100, 100)  # no upscale
+    with Image.open(Path(second.removeprefix("file://"))) as kept:
+        assert kept.size == (100, 100)  # never upscaled
 
 
 def test_process_csv_with_local_paths_writes_the_output_file(tmp_path: Path,
