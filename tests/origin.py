@@ -21,6 +21,8 @@ class Response:
         drip: When set, the body is sent in ``drip_size`` pieces with this many seconds between.
         drip_size: Bytes per piece when dripping.
         chunked: Send the body chunked, with no ``Content-Length``.
+        drop_after: When set, send the headers (announcing the whole body) and only this many
+            bytes of the body, then close the connection, as a crashing server would.
     """
 
     body: bytes = b""
@@ -30,6 +32,7 @@ class Response:
     drip: float | None = None
     drip_size: int = 1024
     chunked: bool = False
+    drop_after: int | None = None
 
 
 @dataclass
@@ -41,6 +44,12 @@ class Route:
         response = self.responses[min(self.hits, len(self.responses) - 1)]
         self.hits += 1
         return response
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when many clients connect at once, and the
+    # kernel's retry after a dropped SYN adds a one-second stall that breaks timing tests.
+    request_queue_size = 128
 
 
 class Origin:
@@ -66,9 +75,12 @@ class Origin:
                 self.rfile.read(length)
                 origin._serve(self)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval so that shutting the origin down after each test takes milliseconds.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -111,6 +123,11 @@ class Origin:
                 handler.send_header("Content-Length", str(len(response.body)))
             handler.end_headers()
             if handler.command == "HEAD":
+                return
+            if response.drop_after is not None:
+                handler.wfile.write(response.body[: response.drop_after])
+                handler.wfile.flush()
+                handler.close_connection = True  # the server closes the socket after this
                 return
             for piece in _pieces(response):
                 if response.chunked:
