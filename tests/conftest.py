@@ -9,10 +9,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for the test helpers beside this file
 
-from origin import Origin  # noqa: E402
+from origin import Origin
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("BULKRESIZE_TEST_CORPUS", REPO.parent / "shared" / "corpus" / "real-world"))
+CORPUS = Path(
+    os.environ.get("BULKRESIZE_TEST_CORPUS", REPO.parent / "shared" / "corpus" / "real-world")
+)
 
 
 @pytest.fixture

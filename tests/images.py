@@ -15,8 +15,10 @@ def photo(width: int = 320, height: int = 240, *, seed: int = 1) -> Image.Image:
         draw.line([(0, y), (width, y)], fill=(255 * y // height, (40 * seed) % 256, 200))
     for n in range(12):
         x, y = (37 * n * seed) % width, (53 * n + seed) % height
-        draw.ellipse([x, y, x + width // 6, y + height // 6],
-                     fill=((70 * n) % 256, (30 * n) % 256, (90 * n) % 256))
+        draw.ellipse(
+            [x, y, x + width // 6, y + height // 6],
+            fill=((70 * n) % 256, (30 * n) % 256, (90 * n) % 256),
+        )
     return image
 
 

@@ -63,7 +63,7 @@ def _errors() -> Iterator[None]:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         count = len(exc.problems)
-        raise _Invalid(f"invalid CSV: {count} problem{'s' if count != 1 else ''}")
+        raise _Invalid(f"invalid CSV: {count} problem{'s' if count != 1 else ''}") from None
     except (UploadTooLarge, InvalidOption, ConfigurationError) as exc:
         raise _Invalid(str(exc)) from None
     except RequestNotFound as exc:
@@ -85,7 +85,9 @@ def main() -> None:
 @main.command()
 @click.argument("csv_file", metavar="IN.csv", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the output CSV. Default: IN-output.csv beside the input.",
 )
 @click.option("--quality", type=click.IntRange(1, 95), help="Encoder quality, 1-95.")
@@ -110,8 +112,10 @@ def process(
         raise _Invalid(f"no such file: {csv_file}")
     output = output or csv_file.with_name(f"{csv_file.stem}-output.csv")
     options = {
-        "quality": quality, "format": image_format,
-        "max_width": max_width, "max_height": max_height,
+        "quality": quality,
+        "format": image_format,
+        "max_width": max_width,
+        "max_height": max_height,
     }
     settings = _settings()
     with _errors(), Pipeline.from_settings(settings) as pipeline:
@@ -156,9 +160,7 @@ def _progress(total: int) -> Iterator[Callable[[StatusReport], None]]:
 def _print_summary(report: StatusReport, output: Path) -> None:
     done = report.processed_images - report.failed_images
     click.echo(f"request {report.request_id}: {report.status}")
-    click.echo(
-        f"images: {report.total_images} total, {done} done, {report.failed_images} failed"
-    )
+    click.echo(f"images: {report.total_images} total, {done} done, {report.failed_images} failed")
     click.echo(f"output CSV: {output}")
     if report.output_csv_url:
         click.echo(f"stored at: {report.output_csv_url}")
@@ -176,7 +178,9 @@ def validate(csv_file: Path) -> None:
     settings = _settings()
     with _errors():
         validator = create_backend(
-            "validator", settings.validator, Validator,
+            "validator",
+            settings.validator,
+            Validator,
             max_rows=settings.max_rows,
             max_urls_per_row=settings.max_urls_per_row,
             max_upload_bytes=settings.max_upload_bytes,
@@ -215,8 +219,13 @@ def status(request_id: str) -> None:
 def backends() -> None:
     """List every backend and plug-in found, per port, with its package."""
     rows = [
-        (info.port, info.scheme, info.target, info.distribution,
-         "ok" if info.error is None else info.error)
+        (
+            info.port,
+            info.scheme,
+            info.target,
+            info.distribution,
+            "ok" if info.error is None else info.error,
+        )
         for info in available_backends()
     ]
     header = ("port", "scheme", "class", "package", "status")

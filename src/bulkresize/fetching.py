@@ -745,8 +745,15 @@ class Fetcher:
                 raise failure from exc
             except (httpx.InvalidURL, httpx.StreamError) as exc:
                 raise DownloadError(f"download from {_host_of(current)} failed: {exc}") from exc
-            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
-                    httpcore.UnsupportedProtocol, httpcore.ProxyError, OSError, ValueError) as exc:
+            except (
+                httpcore.TimeoutException,
+                httpcore.NetworkError,
+                httpcore.ProtocolError,
+                httpcore.UnsupportedProtocol,
+                httpcore.ProxyError,
+                OSError,
+                ValueError,
+            ) as exc:
                 # httpx maps these itself; this is a backstop so none can ever escape raw.
                 raise DownloadError(f"download from {_host_of(current)} failed: {exc}") from exc
             if target is None:  # pragma: no cover  # the block above returns or raises

@@ -73,13 +73,13 @@ class ImageOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.quality, bool) or not isinstance(self.quality, int):
-            raise InvalidOption(f"quality must be a whole number from 1 to 95, not {self.quality!r}")
+            raise InvalidOption(
+                f"quality must be a whole number from 1 to 95, not {self.quality!r}"
+            )
         if not 1 <= self.quality <= 95:
             raise InvalidOption(f"quality must be from 1 to 95, not {self.quality}")
         if self.format not in FORMATS:
-            raise InvalidOption(
-                f"format must be one of {', '.join(FORMATS)}, not {self.format!r}"
-            )
+            raise InvalidOption(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         for name in ("max_width", "max_height"):
             value = getattr(self, name)
             if value is None:
@@ -158,7 +158,12 @@ class ValidationProblem:
 
     def to_dict(self) -> dict[str, Any]:
         """The problem as ``{row, column, value, message}``."""
-        return {"row": self.row, "column": self.column, "value": self.value, "message": self.message}
+        return {
+            "row": self.row,
+            "column": self.column,
+            "value": self.value,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True, slots=True)

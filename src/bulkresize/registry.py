@@ -140,10 +140,7 @@ def load_backend(port: Port, url: str, base: type[Any] | None = None) -> type[An
     if port not in _BUILTINS:
         raise ConfigurationError(f"unknown port {port!r}; ports: {', '.join(PORTS)}")
     text = url.strip()
-    if _is_dotted_path(text):
-        cls = _load_dotted(port, text)
-    else:
-        cls = _load_scheme(port, scheme_of(text))
+    cls = _load_dotted(port, text) if _is_dotted_path(text) else _load_scheme(port, scheme_of(text))
     if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
         raise BackendNotFound(f"{port} backend {text!r} is not a subclass of {base.__name__}")
     return cast(type[Any], cls)
@@ -220,8 +217,12 @@ def available_backends() -> Iterator[BackendInfo]:
             except Exception as exc:  # report, do not hide, a broken plug-in
                 error = f"{type(exc).__name__}: {exc}"
             yield BackendInfo(
-                port, entry_point.name, entry_point.value, _distribution_of(entry_point),
-                "entry point", error,
+                port,
+                entry_point.name,
+                entry_point.value,
+                _distribution_of(entry_point),
+                "entry point",
+                error,
             )
         for scheme, builtin in _BUILTINS[port].items():
             if scheme in seen:

@@ -160,7 +160,9 @@ class Pipeline:
                 )
             if engine is None:
                 engine = create_backend(
-                    "engine", settings.engine, ImageEngine,
+                    "engine",
+                    settings.engine,
+                    ImageEngine,
                     max_image_pixels=settings.max_image_pixels,
                 )
         except BaseException:
@@ -354,12 +356,13 @@ class Pipeline:
             )
         except StorageError as exc:
             return ImageOutcome(
-                ImageStatus.FAILED, error="storage_error", error_message=str(exc),
+                ImageStatus.FAILED,
+                error="storage_error",
+                error_message=str(exc),
                 bytes_in=bytes_in,
             )
         except Exception as exc:  # a bug must fail one image, never the worker
-            logger.exception("unexpected error on %s row %d position %d", request_id, row,
-                             position)
+            logger.exception("unexpected error on %s row %d position %d", request_id, row, position)
             return ImageOutcome(
                 ImageStatus.FAILED,
                 error="internal_error",
@@ -410,8 +413,13 @@ class Pipeline:
         status = RequestStatus.FAILED if everything_failed else RequestStatus.COMPLETED
         won = self.repository.finalize_request(request_id, status, keys.output_csv)
         if won:
-            logger.info("request %s %s: %d images, %d failed", request_id, status,
-                        request.total_images, request.failed_images)
+            logger.info(
+                "request %s %s: %d images, %d failed",
+                request_id,
+                status,
+                request.total_images,
+                request.failed_images,
+            )
         return won
 
     def resume(self) -> int:

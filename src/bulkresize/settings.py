@@ -96,8 +96,14 @@ class Settings:
             self.image_options  # noqa: B018  # fail early on bad defaults
         except InvalidOption as exc:
             raise ConfigurationError(str(exc)) from None
-        for name in ("max_upload_bytes", "max_rows", "max_urls_per_row", "max_image_bytes",
-                     "max_image_pixels", "download_concurrency"):
+        for name in (
+            "max_upload_bytes",
+            "max_rows",
+            "max_urls_per_row",
+            "max_image_bytes",
+            "max_image_pixels",
+            "download_concurrency",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.encode_workers is not None and self.encode_workers < 1:
@@ -132,8 +138,10 @@ class Settings:
         """``encode_workers``, or the number of CPUs this process may use."""
         if self.encode_workers:
             return self.encode_workers
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -164,9 +172,18 @@ class Settings:
 
 
 _INTS = {
-    "quality", "max_width", "max_height", "max_redirects", "fetch_retries", "max_upload_bytes",
-    "max_rows", "max_urls_per_row", "max_image_bytes", "max_image_pixels",
-    "download_concurrency", "encode_workers",
+    "quality",
+    "max_width",
+    "max_height",
+    "max_redirects",
+    "fetch_retries",
+    "max_upload_bytes",
+    "max_rows",
+    "max_urls_per_row",
+    "max_image_bytes",
+    "max_image_pixels",
+    "download_concurrency",
+    "encode_workers",
 }
 _FLOATS = {"connect_timeout", "read_timeout", "fetch_timeout", "retry_backoff"}
 _BOOLS = {"allow_private_urls", "neutralize_formulas"}

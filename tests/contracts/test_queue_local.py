@@ -27,5 +27,7 @@ def test_local_url_options() -> None:
 
 
 def test_unknown_queue_scheme_names_what_is_available() -> None:
-    with pytest.raises(BackendNotFound, match=r"no queue backend for 'amqp://'; available: .*local"):
+    with pytest.raises(
+        BackendNotFound, match=r"no queue backend for 'amqp://'; available: .*local"
+    ):
         create_backend("queue", "amqp://guest@localhost", Queue)

@@ -4,12 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import require_postgres
 from sqlalchemy import create_engine, text
 
 from bulkresize.repositories import Repository
 from bulkresize.repositories.sql import SQLRepository
 from bulkresize.testing import RepositoryContract
+from services import require_postgres
 
 
 class TestSQLiteRepository(RepositoryContract):

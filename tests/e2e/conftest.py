@@ -18,14 +18,20 @@ def bulkresize_command() -> list[str]:
 def run_cli(tmp_path: Path):
     """Run `bulkresize …` as a real process with its own data dir; returns CompletedProcess."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("BULKRESIZE_")}
         environment["BULKRESIZE_DATA_DIR"] = str(tmp_path / "data")
         environment.update(env or {})
         return subprocess.run(
-            [*bulkresize_command(), *args], capture_output=True, text=True, env=environment,
-            cwd=cwd or tmp_path, timeout=timeout, check=False,
+            [*bulkresize_command(), *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=cwd or tmp_path,
+            timeout=timeout,
+            check=False,
         )
 
     return run

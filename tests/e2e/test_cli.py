@@ -1,4 +1,4 @@
-"""`bulkresize process|validate|status|backends` as real processes, images from a loopback origin."""
+"""The `bulkresize` commands as real processes, with images from a loopback origin."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pytest
+from PIL import Image
+
 from images import (
     encode,
     jpeg_with_orientation,
@@ -21,7 +23,6 @@ from images import (
     transparent_png,
 )
 from origin import Origin, Response
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,19 +45,27 @@ def catalogue(origin: Origin, corpus_dir: Path, tmp_path: Path) -> dict[str, str
     urls = {
         "rotated": origin.add("/rotated.jpg", jpeg_with_orientation(6)),
         "plain": origin.add("/plain.jpg", encode(photo(200, 100), "JPEG", quality=95)),
-        "alpha": origin.add("/alpha.png", transparent_png(), headers={"Content-Type": "text/plain"}),
+        "alpha": origin.add(
+            "/alpha.png", transparent_png(), headers={"Content-Type": "text/plain"}
+        ),
         "cmyk": origin.add("/cmyk.jpg", cmyk),
         "cmyk_reference": origin.add("/rgb.jpg", (corpus_dir / "pil_sample_rgb.jpg").read_bytes()),
         "missing": origin.url("/missing.jpg"),
-        "not_image": origin.add("/page.jpg", b"<html><body>hello</body></html>" * 20,
-                                headers={"Content-Type": "image/jpeg"}),
+        "not_image": origin.add(
+            "/page.jpg",
+            b"<html><body>hello</body></html>" * 20,
+            headers={"Content-Type": "image/jpeg"},
+        ),
         "bomb": origin.add("/bomb.gif", (corpus_dir / "decompression_bomb.gif").read_bytes()),
         "huge": origin.add("/huge.jpg", b"\xff\xd8\xff" + b"\0" * 400_000, chunked=True),
         "slow": origin.add("/slow.jpg", encode(photo(), "JPEG"), drip=0.2, drip_size=200),
-        "flaky": origin.add_sequence("/flaky.jpg", [
-            Response(b"busy", status=503),
-            Response(encode(photo(150, 150, seed=3), "JPEG", quality=90)),
-        ]),
+        "flaky": origin.add_sequence(
+            "/flaky.jpg",
+            [
+                Response(b"busy", status=503),
+                Response(encode(photo(150, 150, seed=3), "JPEG", quality=90)),
+            ],
+        ),
     }
     return urls
 
@@ -72,10 +81,14 @@ ENV = {
 def write_input(path: Path, urls: dict[str, str]) -> list[list[str]]:
     rows = [
         ["S. No.", "Product Name", "Input Image Urls", "Notes, free text"],
-        ["1", "Rotated, with GPS", f"{urls['rotated']}, {urls['missing']},{urls['plain']}",
-         "keeps \"quotes\"\nand newlines"],
+        [
+            "1",
+            "Rotated, with GPS",
+            f"{urls['rotated']}, {urls['missing']},{urls['plain']}",
+            'keeps "quotes"\nand newlines',
+        ],
         ["2", "Alpha & CMYK", f"{urls['alpha']},{urls['cmyk']},,{urls['cmyk_reference']},", ""],
-        ["3", "=HYPERLINK(\"http://evil\")", f"{urls['not_image']}, {urls['bomb']}", "x"],
+        ["3", '=HYPERLINK("http://evil")', f"{urls['not_image']}, {urls['bomb']}", "x"],
         ["4", "Limits", f"{urls['huge']},{urls['slow']},{urls['flaky']}", "-5"],
     ]
     with path.open("w", newline="", encoding="utf-8") as file:
@@ -100,7 +113,7 @@ def test_process_writes_the_output_csv_and_fails_only_the_bad_images(
     assert written[0] == [*rows[0], "Output Image Urls"]
     assert written[1][:4] == rows[1]
     assert written[2][:4] == rows[2]
-    assert written[3][:4] == ["3", "'=HYPERLINK(\"http://evil\")", rows[3][2], "x"]
+    assert written[3][:4] == ["3", '\'=HYPERLINK("http://evil")', rows[3][2], "x"]
     assert written[4][:4] == ["4", "Limits", rows[4][2], "'-5"]
 
     cells = [row[4].split(",") for row in written[1:]]
@@ -137,8 +150,14 @@ def test_process_writes_the_output_csv_and_fails_only_the_bad_images(
     assert red[0] > 230 and red[1] < 30 and red[2] < 30
     # CMYK comes out in sRGB, close to the RGB version of the same picture.
     cmyk, reference = outputs["cmyk"].convert("RGB"), outputs["cmyk_reference"].convert("RGB")
-    diffs = [abs(a - b) for a, b in zip(mean_colour(cmyk, (0, 0, 100, 100)),
-                                       mean_colour(reference, (0, 0, 100, 100)), strict=True)]
+    diffs = [
+        abs(a - b)
+        for a, b in zip(
+            mean_colour(cmyk, (0, 0, 100, 100)),
+            mean_colour(reference, (0, 0, 100, 100)),
+            strict=True,
+        )
+    ]
     assert max(diffs) < 12, diffs
     # The 503 was retried once and then served.
     assert origin.hits("/flaky.jpg") == 2
@@ -148,8 +167,11 @@ def test_process_writes_the_output_csv_and_fails_only_the_bad_images(
     assert status.returncode == 0, status.stderr
     document = json.loads(status.stdout)
     assert document["status"] == "completed"
-    assert (document["total_images"], document["processed_images"],
-            document["failed_images"]) == (11, 11, 5)
+    assert (document["total_images"], document["processed_images"], document["failed_images"]) == (
+        11,
+        11,
+        5,
+    )
     errors = {image["input_url"]: image["error"] for image in document["images"]}
     assert errors == {
         catalogue["missing"]: "http_status",
@@ -231,18 +253,28 @@ def test_status_of_an_unknown_request(run_cli) -> None:
 def test_backends_lists_every_port(run_cli) -> None:
     result = run_cli("backends")
     assert result.returncode == 0, result.stderr
-    for port, scheme in [("storage", "file"), ("storage", "s3"), ("queue", "local"),
-                         ("repository", "sqlite"), ("validator", "pandera"),
-                         ("engine", "pillow")]:
+    for port, scheme in [
+        ("storage", "file"),
+        ("storage", "s3"),
+        ("queue", "local"),
+        ("repository", "sqlite"),
+        ("validator", "pandera"),
+        ("engine", "pillow"),
+    ]:
         assert re.search(rf"^{port}\s+{re.escape(scheme)}\s", result.stdout, re.MULTILINE), (
-            port, scheme)
+            port,
+            scheme,
+        )
     assert "bulkresize" in result.stdout
 
 
 def test_the_shipped_example_runs_offline(run_cli, tmp_path: Path) -> None:
     examples = tmp_path / "examples"
-    shutil.copytree(REPO / "examples", examples,
-                    ignore=shutil.ignore_patterns("*-output.csv", "bulkresize-data"))
+    shutil.copytree(
+        REPO / "examples",
+        examples,
+        ignore=shutil.ignore_patterns("*-output.csv", "bulkresize-data"),
+    )
     result = run_cli("process", "examples/products.csv", "-o", "products-output.csv")
     assert result.returncode == 0, result.stderr + result.stdout
     written = read_csv(tmp_path / "products-output.csv")

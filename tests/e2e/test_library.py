@@ -9,33 +9,31 @@ import time
 from pathlib import Path
 
 import pytest
-from images import encode, photo
-from origin import Origin
 from PIL import Image
 
 import bulkresize
 from bulkresize import ImageStatus, RequestStatus, Settings
 from bulkresize.errors import InvalidOption, ValidationFailed
 from bulkresize.models import ImageOutcome
+from images import encode, photo
+from origin import Origin
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", allow_private_urls=True, retry_backoff=0.01,
-                    fetch_timeout=5)
+    return Settings(
+        data_dir=tmp_path / "data", allow_private_urls=True, retry_backoff=0.01, fetch_timeout=5
+    )
 
 
 def test_process_csv_from_a_file_object(origin: Origin, settings: Settings) -> None:
     a = origin.add("/a.jpg", encode(photo(400, 300), "JPEG", quality=95))
     b = origin.add("/b.png", encode(photo(100, 100), "PNG"))
-    source = io.BytesIO(
-        f"Serial Number,product name ,IMAGE URLS\n7,Lamp,\"{a}, {b}\"\n8,Desk,{origin.url('/x')}\n"
-        .encode()
-    )
+    header = "Serial Number,product name ,IMAGE URLS\n"
+    source = io.BytesIO(f'{header}7,Lamp,"{a}, {b}"\n8,Desk,{origin.url("/x")}\n'.encode())
     output = io.BytesIO()
 
-    report = bulkresize.process_csv(source, output, settings=settings, quality=30,
-                                    max_width=200)
+    report = bulkresize.process_csv(source, output, settings=settings, quality=30, max_width=200)
 
     assert report.status is RequestStatus.COMPLETED
     assert (report.total_images, report.processed_images, report.failed_images) == (3, 3, 1)
@@ -48,7 +46,10 @@ def test_process_csv_from_a_file_object(origin: Origin, settings: Settings) -> N
     try:
         images = pipeline.images(report.request_id)
         assert [(i.row, i.position, i.status) for i in images] == [
-            (1, 1, ImageStatus.DONE), (1, 2, ImageStatus.DONE), (2, 1, ImageStatus.FAILED)]
+            (1, 1, ImageStatus.DONE),
+            (1, 2, ImageStatus.DONE),
+            (2, 1, ImageStatus.FAILED),
+        ]
         stored = pipeline.storage.get(images[0].output_key or "")
         assert stored == Path(first.removeprefix("file://")).read_bytes()
     finally:
@@ -59,15 +60,16 @@ def test_process_csv_from_a_file_object(origin: Origin, settings: Settings) -> N
         assert kept.size == (100, 100)  # never upscaled
 
 
-def test_process_csv_with_local_paths_writes_the_output_file(tmp_path: Path,
-                                                              settings: Settings) -> None:
+def test_process_csv_with_local_paths_writes_the_output_file(
+    tmp_path: Path, settings: Settings
+) -> None:
     folder = tmp_path / "catalogue"
     (folder / "img").mkdir(parents=True)
     (folder / "img" / "a.png").write_bytes(encode(photo(50, 40), "PNG"))
     source = folder / "products.csv"
     source.write_text(
         "S. No.,Product Name,Input Image Urls\n"
-        f"1,Local,\"img/a.png,{(folder / 'img' / 'a.png').as_uri()}\"\n"
+        f'1,Local,"img/a.png,{(folder / "img" / "a.png").as_uri()}"\n'
     )
     report = bulkresize.process_csv(source, tmp_path / "out.csv", settings=settings)
     assert report.status is RequestStatus.COMPLETED
@@ -92,7 +94,7 @@ def test_a_slow_url_does_not_hold_up_the_others(origin: Origin, settings: Settin
     slow = origin.add("/slow.jpg", encode(photo(), "JPEG"), delay=3)
     fast = [origin.add(f"/f{n}.jpg", encode(photo(seed=n), "JPEG")) for n in range(10)]
     cells = ",".join([slow, *fast])
-    data = f"S. No.,Product Name,Input Image Urls\n1,A,\"{cells}\"\n".encode()
+    data = f'S. No.,Product Name,Input Image Urls\n1,A,"{cells}"\n'.encode()
     with bulkresize.Pipeline.from_settings(settings) as pipeline:
         pipeline.start()
         started = time.monotonic()
@@ -111,18 +113,21 @@ def test_a_slow_url_does_not_hold_up_the_others(origin: Origin, settings: Settin
         assert report.status is RequestStatus.COMPLETED and report.failed_images == 0
 
 
-def test_a_job_run_twice_counts_once_and_finalizes_once(origin: Origin,
-                                                        settings: Settings) -> None:
+def test_a_job_run_twice_counts_once_and_finalizes_once(origin: Origin, settings: Settings) -> None:
     url = origin.add("/a.jpg", encode(photo(), "JPEG"))
     data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()
     pipeline = bulkresize.Pipeline.from_settings(settings)
     try:
         request = pipeline.submit(data)  # not started: we run the job by hand
         options = bulkresize.ImageOptions()
-        threads = [threading.Thread(target=pipeline.process_image,
-                                    args=(request.id, 1, 1),
-                                    kwargs={"source_url": url, "options": options})
-                   for _ in range(4)]
+        threads = [
+            threading.Thread(
+                target=pipeline.process_image,
+                args=(request.id, 1, 1),
+                kwargs={"source_url": url, "options": options},
+            )
+            for _ in range(4)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -143,8 +148,11 @@ def test_a_lost_finalization_is_redone_on_resume(origin: Origin, settings: Setti
         request = pipeline.submit(data)
         # Record the image behind the service's back, as a worker that died before finalizing.
         pipeline.repository.record_image(
-            request.id, 1, 1, ImageOutcome(ImageStatus.FAILED, error="timeout",
-                                           error_message="gave up"))
+            request.id,
+            1,
+            1,
+            ImageOutcome(ImageStatus.FAILED, error="timeout", error_message="gave up"),
+        )
         assert pipeline.status(request.id).status is RequestStatus.PROCESSING
     finally:
         pipeline.close()
@@ -157,7 +165,7 @@ def test_a_lost_finalization_is_redone_on_resume(origin: Origin, settings: Setti
 
 def test_pending_images_are_resumed_after_a_restart(origin: Origin, settings: Settings) -> None:
     urls = [origin.add(f"/r{n}.jpg", encode(photo(seed=n), "JPEG")) for n in range(5)]
-    data = ("S. No.,Product Name,Input Image Urls\n1,A,\"" + ",".join(urls) + "\"\n").encode()
+    data = ('S. No.,Product Name,Input Image Urls\n1,A,"' + ",".join(urls) + '"\n').encode()
     first = bulkresize.Pipeline.from_settings(settings)
     request = first.submit(data)  # accepted, but this process "dies" before running anything
     first.close()

@@ -289,9 +289,7 @@ def test_an_honest_content_length_over_the_limit_fails_before_the_body(
         make_fetcher(max_bytes=1000).fetch(url)
 
 
-def test_a_body_of_exactly_max_bytes_is_accepted(
-    origin: Origin, make_fetcher: MakeFetcher
-) -> None:
+def test_a_body_of_exactly_max_bytes_is_accepted(origin: Origin, make_fetcher: MakeFetcher) -> None:
     url = origin.add("/exact", b"x" * 1000, chunked=True, drip_size=300)
 
     assert len(make_fetcher(max_bytes=1000).fetch(url).data) == 1000
@@ -496,9 +494,7 @@ def test_a_redirect_to_a_file_url_is_refused_even_when_files_are_allowed(
     assert caught.value.code == "blocked_url"
 
 
-def test_a_redirect_to_another_scheme_is_refused(
-    origin: Origin, make_fetcher: MakeFetcher
-) -> None:
+def test_a_redirect_to_another_scheme_is_refused(origin: Origin, make_fetcher: MakeFetcher) -> None:
     url = origin.add_sequence("/to-ftp", [redirect("ftp://example.com/a.png")])
 
     with pytest.raises(BlockedURL, match="'ftp'"):
@@ -635,9 +631,7 @@ LOOPBACK_FORMS = [
 
 
 @pytest.mark.parametrize("template", LOOPBACK_FORMS)
-def test_non_public_addresses_are_blocked_before_any_request(
-    origin: Origin, template: str
-) -> None:
+def test_non_public_addresses_are_blocked_before_any_request(origin: Origin, template: str) -> None:
     origin.add("/x", PNG)
     origin.add("/", PNG)
     url = template.format(port=port_of(origin))
@@ -714,8 +708,9 @@ def test_a_redirect_to_a_name_that_resolves_to_loopback_is_refused_at_connect(
     origin.add_sequence("/start", [redirect(f"http://internal.test:{port}/secret")])
     dns = FakeDNS({"images.test": [["127.0.0.1"]], "internal.test": [["127.0.0.1"]]})
 
-    with Fetcher(resolver=dns, allowed_hosts={"images.test"}) as fetcher, pytest.raises(
-        BlockedURL, match=r"internal\.test"
+    with (
+        Fetcher(resolver=dns, allowed_hosts={"images.test"}) as fetcher,
+        pytest.raises(BlockedURL, match=r"internal\.test"),
     ):
         fetcher.fetch(f"http://images.test:{port}/start")
 
@@ -728,8 +723,9 @@ def test_a_redirect_to_a_private_literal_is_refused_at_the_hop(origin: Origin) -
     origin.add_sequence("/start", [redirect(f"http://127.0.0.1:{port}/secret")])
     dns = FakeDNS({"images.test": [["127.0.0.1"]]})
 
-    with Fetcher(resolver=dns, allowed_hosts={"images.test"}) as fetcher, pytest.raises(
-        BlockedURL, match=r"redirect refused|not a public address"
+    with (
+        Fetcher(resolver=dns, allowed_hosts={"images.test"}) as fetcher,
+        pytest.raises(BlockedURL, match=r"redirect refused|not a public address"),
     ):
         fetcher.fetch(f"http://images.test:{port}/start")
 
@@ -800,9 +796,10 @@ def test_allowed_hosts_match_case_insensitively(origin: Origin) -> None:
 def test_an_unknown_host_is_a_download_error_and_not_retried() -> None:
     dns = FakeDNS({})
 
-    with Fetcher(resolver=dns, retries=3, retry_backoff=0.01) as fetcher, pytest.raises(
-        DownloadError, match="cannot resolve"
-    ) as caught:
+    with (
+        Fetcher(resolver=dns, retries=3, retry_backoff=0.01) as fetcher,
+        pytest.raises(DownloadError, match="cannot resolve") as caught,
+    ):
         fetcher.fetch("http://no-such-host.test/a.png")
 
     assert type(caught.value) is DownloadError
@@ -816,8 +813,9 @@ def test_a_temporary_dns_failure_is_retried() -> None:
         lookups.append(host)
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    with Fetcher(resolver=flaky_dns, retries=2, retry_backoff=0.01) as fetcher, pytest.raises(
-        DownloadError, match="cannot resolve"
+    with (
+        Fetcher(resolver=flaky_dns, retries=2, retry_backoff=0.01) as fetcher,
+        pytest.raises(DownloadError, match="cannot resolve"),
     ):
         fetcher.fetch("http://dns-down.test/a.png")
 
@@ -840,8 +838,10 @@ def test_one_slow_url_does_not_hold_up_the_others(origin: Origin) -> None:
         finished[url] = time.monotonic() - started
         return data
 
-    with Fetcher(allow_private_urls=True, read_timeout=5.0, total_timeout=10.0) as fetcher, \
-            ThreadPoolExecutor(8) as pool:
+    with (
+        Fetcher(allow_private_urls=True, read_timeout=5.0, total_timeout=10.0) as fetcher,
+        ThreadPoolExecutor(8) as pool,
+    ):
         results = list(pool.map(fetch, urls))
 
     assert results == [PNG] * 20
@@ -895,4 +895,3 @@ def test_the_default_settings_keep_the_guard_on(origin: Origin, tmp_path: Path) 
 def test_bad_limits_are_configuration_errors(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         Fetcher(**options)
-

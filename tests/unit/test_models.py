@@ -8,10 +8,19 @@ from bulkresize.errors import InvalidOption, ValidationFailed
 from bulkresize.models import Catalogue, CatalogueRow, ImageOptions, ValidationProblem
 
 
-@pytest.mark.parametrize("overrides", [
-    {"quality": 0}, {"quality": 96}, {"quality": "abc"}, {"quality": True},
-    {"format": "gif"}, {"max_width": 0}, {"max_height": "-3"}, {"colour": "red"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"quality": 0},
+        {"quality": 96},
+        {"quality": "abc"},
+        {"quality": True},
+        {"format": "gif"},
+        {"max_width": 0},
+        {"max_height": "-3"},
+        {"colour": "red"},
+    ],
+)
 def test_bad_options_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(InvalidOption):
         ImageOptions().with_overrides(overrides)
@@ -19,14 +28,20 @@ def test_bad_options_are_refused(overrides: dict[str, object]) -> None:
 
 def test_overrides_parse_strings_and_skip_blanks() -> None:
     options = ImageOptions().with_overrides(
-        {"quality": " 80 ", "format": "PNG", "max_width": "", "max_height": None})
+        {"quality": " 80 ", "format": "PNG", "max_width": "", "max_height": None}
+    )
     assert options == ImageOptions(quality=80, format="png")
 
 
-@given(st.integers(1, 95), st.sampled_from(["jpeg", "webp", "png", "keep"]),
-       st.none() | st.integers(1, 10_000), st.none() | st.integers(1, 10_000))
-def test_options_round_trip_through_plain_data(quality: int, fmt: str, width: int | None,
-                                               height: int | None) -> None:
+@given(
+    st.integers(1, 95),
+    st.sampled_from(["jpeg", "webp", "png", "keep"]),
+    st.none() | st.integers(1, 10_000),
+    st.none() | st.integers(1, 10_000),
+)
+def test_options_round_trip_through_plain_data(
+    quality: int, fmt: str, width: int | None, height: int | None
+) -> None:
     options = ImageOptions(quality, fmt, width, height)
     assert ImageOptions.from_dict(options.to_dict()) == options
 
@@ -34,23 +49,38 @@ def test_options_round_trip_through_plain_data(quality: int, fmt: str, width: in
 def test_problem_text_names_row_and_column() -> None:
     problem = ValidationProblem(3, "Input Image Urls", "ftp://x", "'ftp://x' is not an http(s) URL")
     assert str(problem) == "row 3, column 'Input Image Urls': 'ftp://x' is not an http(s) URL"
-    assert str(ValidationProblem(None, None, None, "the file is empty")) == "file: the file is empty"
-    assert problem.to_dict() == {"row": 3, "column": "Input Image Urls", "value": "ftp://x",
-                                 "message": "'ftp://x' is not an http(s) URL"}
+    assert (
+        str(ValidationProblem(None, None, None, "the file is empty")) == "file: the file is empty"
+    )
+    assert problem.to_dict() == {
+        "row": 3,
+        "column": "Input Image Urls",
+        "value": "ftp://x",
+        "message": "'ftp://x' is not an http(s) URL",
+    }
 
 
 def test_validation_failed_summarises_its_problems() -> None:
-    problems = [ValidationProblem(1, "A", "", "a value is required"),
-                ValidationProblem(2, "A", "", "a value is required")]
+    problems = [
+        ValidationProblem(1, "A", "", "a value is required"),
+        ValidationProblem(2, "A", "", "a value is required"),
+    ]
     error = ValidationFailed(problems)
     assert error.problems == problems
     assert str(error) == "row 1, column 'A': a value is required (and 1 more)"
 
 
 def test_catalogue_round_trips() -> None:
-    catalogue = Catalogue(("S. No.", "Input Image Urls", "x"), 1, (
-        CatalogueRow(1, ("1", "https://a/1.jpg, https://a/2.jpg", "é,\n"),
-                     ("https://a/1.jpg", "https://a/2.jpg")),
-    ))
+    catalogue = Catalogue(
+        ("S. No.", "Input Image Urls", "x"),
+        1,
+        (
+            CatalogueRow(
+                1,
+                ("1", "https://a/1.jpg, https://a/2.jpg", "é,\n"),
+                ("https://a/1.jpg", "https://a/2.jpg"),
+            ),
+        ),
+    )
     assert Catalogue.from_dict(catalogue.to_dict()) == catalogue
     assert catalogue.total_images == 2

@@ -20,7 +20,8 @@ def test_defaults_match_the_design() -> None:
     assert settings.data_dir == Path("bulkresize-data")
     assert settings.resolved_storage_url == (Path("bulkresize-data").resolve() / "files").as_uri()
     assert settings.resolved_database_url == (
-        f"sqlite:///{(Path('bulkresize-data').resolve() / 'bulkresize.db').as_posix()}")
+        f"sqlite:///{(Path('bulkresize-data').resolve() / 'bulkresize.db').as_posix()}"
+    )
     assert settings.queue_url == "local://"
     assert settings.image_options == ImageOptions(quality=50, format="jpeg")
     assert settings.allow_private_urls is False
@@ -35,18 +36,20 @@ def test_defaults_match_the_design() -> None:
 
 
 def test_environment_variables_are_read_and_converted(tmp_path: Path) -> None:
-    settings = Settings.from_env({
-        "BULKRESIZE_DATA_DIR": str(tmp_path),
-        "BULKRESIZE_STORAGE_URL": "memory://x",
-        "BULKRESIZE_STORAGE_OPTIONS": '{"endpoint_url": "http://127.0.0.1:5000"}',
-        "BULKRESIZE_QUALITY": "70",
-        "BULKRESIZE_FORMAT": "WEBP",
-        "BULKRESIZE_ALLOW_PRIVATE_URLS": "yes",
-        "BULKRESIZE_API_KEYS": "a, b,,c",
-        "BULKRESIZE_FETCH_TIMEOUT": "2.5",
-        "BULKRESIZE_MAX_ROWS": "1_000",
-        "UNRELATED": "x",
-    })
+    settings = Settings.from_env(
+        {
+            "BULKRESIZE_DATA_DIR": str(tmp_path),
+            "BULKRESIZE_STORAGE_URL": "memory://x",
+            "BULKRESIZE_STORAGE_OPTIONS": '{"endpoint_url": "http://127.0.0.1:5000"}',
+            "BULKRESIZE_QUALITY": "70",
+            "BULKRESIZE_FORMAT": "WEBP",
+            "BULKRESIZE_ALLOW_PRIVATE_URLS": "yes",
+            "BULKRESIZE_API_KEYS": "a, b,,c",
+            "BULKRESIZE_FETCH_TIMEOUT": "2.5",
+            "BULKRESIZE_MAX_ROWS": "1_000",
+            "UNRELATED": "x",
+        }
+    )
     assert settings.data_dir == tmp_path
     assert settings.resolved_storage_url == "memory://x"
     assert settings.resolved_database_url.endswith(f"{tmp_path.as_posix()}/bulkresize.db")
@@ -64,16 +67,19 @@ def test_overrides_win_over_the_environment() -> None:
     assert settings.replace(quality=30).quality == 30
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("BULKRESIZE_QUALITY", "high"),
-    ("BULKRESIZE_QUALITY", "0"),
-    ("BULKRESIZE_FORMAT", "gif"),
-    ("BULKRESIZE_ALLOW_PRIVATE_URLS", "maybe"),
-    ("BULKRESIZE_STORAGE_OPTIONS", "[1]"),
-    ("BULKRESIZE_STORAGE_OPTIONS", "{bad"),
-    ("BULKRESIZE_MAX_ROWS", "0"),
-    ("BULKRESIZE_FETCH_TIMEOUT", "soon"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BULKRESIZE_QUALITY", "high"),
+        ("BULKRESIZE_QUALITY", "0"),
+        ("BULKRESIZE_FORMAT", "gif"),
+        ("BULKRESIZE_ALLOW_PRIVATE_URLS", "maybe"),
+        ("BULKRESIZE_STORAGE_OPTIONS", "[1]"),
+        ("BULKRESIZE_STORAGE_OPTIONS", "{bad"),
+        ("BULKRESIZE_MAX_ROWS", "0"),
+        ("BULKRESIZE_FETCH_TIMEOUT", "soon"),
+    ],
+)
 def test_malformed_variables_are_configuration_errors(name: str, value: str) -> None:
     field = name.removeprefix("BULKRESIZE_").lower()
     with pytest.raises(ConfigurationError, match=f"(?i){field}"):

@@ -119,8 +119,10 @@ class LocalQueue(Queue):
             return True
 
     def close(self) -> None:
-        """Stop taking jobs, let running ones finish, and drop the rest (they stay pending in
-        the repository, to be resumed)."""
+        """Stop taking jobs, let running ones finish, and drop the rest.
+
+        Dropped jobs stay pending in the repository, to be resumed.
+        """
         with self._condition:
             self._closed = True
             self._jobs.clear()
@@ -159,6 +161,7 @@ class LocalQueue(Queue):
                         "job %s failed %d times; left for the sweeper", job.id, attempt
                     )
                     return
-                logger.warning("job %s failed (attempt %d); retrying", job.id, attempt,
-                               exc_info=True)
+                logger.warning(
+                    "job %s failed (attempt %d); retrying", job.id, attempt, exc_info=True
+                )
                 time.sleep(self._retry_delay * 2 ** (attempt - 1))

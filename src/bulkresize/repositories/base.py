@@ -87,4 +87,3 @@ class Repository(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  # lifecycle hooks are no-ops by default
         """Release connections."""
-

@@ -182,7 +182,9 @@ class SQLRepository(Repository):
         """Create the tables and indexes if they are missing. Safe to run concurrently."""
         with self._transaction() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID}
+                )
             self._metadata.create_all(connection, checkfirst=True)
 
     def add_request(self, request: Request, images: Sequence[Image]) -> None:

@@ -51,7 +51,7 @@ class FsspecStorage(Storage):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build from ``file:///path``, ``memory://name``, ``s3://bucket/prefix`` …
+        """Build from ``file:///path``, ``memory://name``, ``s3://bucket/prefix`` and the like.
 
         Args:
             url: The storage URL.
@@ -169,4 +169,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-

@@ -62,8 +62,10 @@ class QueueContract:
         return 20.0
 
     def _jobs(self, count: int) -> list[Job]:
-        return [Job(id=f"job-{n}", kind="test", payload={"n": n, "text": "é,\n\"x\""})
-                for n in range(count)]
+        return [
+            Job(id=f"job-{n}", kind="test", payload={"n": n, "text": 'é,\n"x"'})
+            for n in range(count)
+        ]
 
     def test_every_job_runs_with_its_payload(self, queue: Queue, wait_seconds: float) -> None:
         recorder = _Recorder()
@@ -72,7 +74,7 @@ class QueueContract:
         queue.enqueue(jobs)
         queue.start(recorder)
         assert recorder.done.wait(wait_seconds), f"ran only {len(recorder.seen)} of 25 jobs"
-        assert recorder.payloads["job-7"] == {"n": 7, "text": "é,\n\"x\""}
+        assert recorder.payloads["job-7"] == {"n": 7, "text": 'é,\n"x"'}
 
     def test_jobs_enqueued_after_start_run(self, queue: Queue, wait_seconds: float) -> None:
         recorder = _Recorder()
@@ -96,9 +98,7 @@ class QueueContract:
             time.sleep(0.05)
         assert recorder.seen["job-0"] >= 2
 
-    def test_is_pending_until_the_job_has_run(
-        self, queue: Queue, wait_seconds: float
-    ) -> None:
+    def test_is_pending_until_the_job_has_run(self, queue: Queue, wait_seconds: float) -> None:
         recorder = _Recorder(delay=0.3)
         recorder.expected = {"job-0"}
         queue.enqueue(self._jobs(1))

@@ -31,15 +31,27 @@ def make_request(rows: int = 2, per_row: int = 3, **fields: object) -> tuple[Req
     request_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     images = [
-        Image(request_id, row, position, f"https://img.example/{row}/{position}.jpg",
-              f"https://img.example/{row}/{position}.jpg")
+        Image(
+            request_id,
+            row,
+            position,
+            f"https://img.example/{row}/{position}.jpg",
+            f"https://img.example/{row}/{position}.jpg",
+        )
         for row in range(1, rows + 1)
         for position in range(1, per_row + 1)
     ]
     request = Request(
-        id=request_id, status=RequestStatus.PENDING, total_images=len(images),
-        processed_images=0, failed_images=0, options=ImageOptions(quality=40, format="webp"),
-        created_at=now, updated_at=now, callback_url=None, owner=None,
+        id=request_id,
+        status=RequestStatus.PENDING,
+        total_images=len(images),
+        processed_images=0,
+        failed_images=0,
+        options=ImageOptions(quality=40, format="webp"),
+        created_at=now,
+        updated_at=now,
+        callback_url=None,
+        owner=None,
     )
     if fields:
         request = dataclasses.replace(request, **fields)  # type: ignore[arg-type]
@@ -107,15 +119,16 @@ class RepositoryContract:
         by_key = {(i.row, i.position): i for i in repository.list_images(request.id)}
         assert by_key[1, 2].status is ImageStatus.DONE
         assert (by_key[1, 2].output_key, by_key[1, 2].bytes_in, by_key[1, 2].bytes_out) == (
-            "k", 10, 5)
+            "k",
+            10,
+            5,
+        )
         assert by_key[2, 1].status is ImageStatus.FAILED
         assert (by_key[2, 1].error, by_key[2, 1].error_message) == ("http_status", "HTTP 404")
         pending = repository.list_images(request.id, status=ImageStatus.PENDING)
         assert len(pending) == 4
 
-    def test_recording_the_same_image_twice_changes_nothing(
-        self, repository: Repository
-    ) -> None:
+    def test_recording_the_same_image_twice_changes_nothing(self, repository: Repository) -> None:
         request, images = make_request()
         repository.add_request(request, images)
         assert repository.record_image(request.id, 1, 1, DONE) is not None
@@ -178,10 +191,12 @@ class RepositoryContract:
         repository.add_request(request, images)
         repository.record_image(request.id, 1, 1, DONE)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            wins = list(pool.map(
-                lambda _: repository.finalize_request(request.id, RequestStatus.COMPLETED, "o"),
-                range(16),
-            ))
+            wins = list(
+                pool.map(
+                    lambda _: repository.finalize_request(request.id, RequestStatus.COMPLETED, "o"),
+                    range(16),
+                )
+            )
         assert wins.count(True) == 1
 
     def test_unfinished_lists_only_requests_not_final(self, repository: Repository) -> None:

@@ -73,7 +73,8 @@ class StorageContract:
         first = storage.url("req/5-1.jpg")
         assert first == storage.url("req/5-1.jpg")
         assert first != storage.url("req/5-2.jpg")
-        assert isinstance(first, str) and "://" in first
+        assert isinstance(first, str)
+        assert "://" in first
 
     @pytest.mark.parametrize("key", ["", "/abs/key", "../escape", "a/../../b", "a//b", "a\\b"])
     def test_unsafe_keys_are_refused(self, storage: Storage, key: str) -> None:
@@ -83,8 +84,13 @@ class StorageContract:
     def test_concurrent_puts_of_different_keys_all_land(self, storage: Storage) -> None:
         payloads = {f"req/c-{n}.bin": os.urandom(1000 + n) for n in range(32)}
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda item: storage.put(item[0], item[1],
-                                                   content_type="application/octet-stream"),
-                          payloads.items()))
+            list(
+                pool.map(
+                    lambda item: storage.put(
+                        item[0], item[1], content_type="application/octet-stream"
+                    ),
+                    payloads.items(),
+                )
+            )
         for key, data in payloads.items():
             assert storage.get(key) == data
