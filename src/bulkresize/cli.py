@@ -170,21 +170,13 @@ def _print_summary(report: StatusReport, output: Path) -> None:
 @click.argument("csv_file", metavar="IN.csv", type=click.Path(dir_okay=False, path_type=Path))
 def validate(csv_file: Path) -> None:
     """Validate IN.csv only; print every problem. Exit 0 when valid, 2 when not."""
-    from bulkresize.registry import create_backend
-    from bulkresize.validation.base import Validator
+    from bulkresize.service import create_validator
 
     if not csv_file.is_file():
         raise _Invalid(f"no such file: {csv_file}")
     settings = _settings()
     with _errors():
-        validator = create_backend(
-            "validator",
-            settings.validator,
-            Validator,
-            max_rows=settings.max_rows,
-            max_urls_per_row=settings.max_urls_per_row,
-            max_upload_bytes=settings.max_upload_bytes,
-        )
+        validator = create_validator(settings)
         catalogue = validator.validate(csv_file.read_bytes(), allow_local_files=True)
     click.echo(f"valid: {len(catalogue.rows)} rows, {catalogue.total_images} images")
 

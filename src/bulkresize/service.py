@@ -45,7 +45,7 @@ from bulkresize.settings import Settings
 from bulkresize.storage.base import Storage
 from bulkresize.validation.base import Validator
 
-__all__ = ["JOB_FINALIZE", "JOB_PROCESS_IMAGE", "Pipeline", "process_csv"]
+__all__ = ["JOB_FINALIZE", "JOB_PROCESS_IMAGE", "Pipeline", "create_validator", "process_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +150,7 @@ class Pipeline:
                 queue = create_backend("queue", settings.queue_url, Queue, **queue_options)
                 built.append(queue)
             if validator is None:
-                validator = create_backend(
-                    "validator",
-                    settings.validator,
-                    Validator,
-                    max_rows=settings.max_rows,
-                    max_urls_per_row=settings.max_urls_per_row,
-                    max_upload_bytes=settings.max_upload_bytes,
-                )
+                validator = create_validator(settings)
             if engine is None:
                 engine = create_backend(
                     "engine",
@@ -528,6 +521,22 @@ class Pipeline:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"request {request_id} is still {report.status}")
             time.sleep(poll_interval)
+
+
+def create_validator(settings: Settings) -> Validator:
+    """The configured CSV validator, with the deployment's limits.
+
+    Raises:
+        BackendNotFound: ``settings.validator`` names no installed validator.
+    """
+    return create_backend(
+        "validator",
+        settings.validator,
+        Validator,
+        max_rows=settings.max_rows,
+        max_urls_per_row=settings.max_urls_per_row,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
 
 
 def _source_url(url: str, base_dir: Path | None) -> str:
