@@ -2,16 +2,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def bulkresize_command() -> list[str]:
-    """The installed console script, beside the interpreter running the tests."""
-    script = Path(sys.executable).parent / "bulkresize"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bulkresize"]
+from commands import bulkresize_command
 
 
 @pytest.fixture

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import select
 import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -14,6 +17,7 @@ from urllib.request import url2pathname
 import pytest
 from PIL import Image
 
+from commands import bulkresize_command
 from images import (
     encode,
     jpeg_with_orientation,
@@ -283,3 +287,35 @@ def test_the_shipped_example_runs_offline(run_cli, tmp_path: Path) -> None:
     for row in written[1:]:
         for url in row[-1].split(","):
             assert open_output(url).format == "JPEG"
+
+
+def test_process_shows_a_progress_bar_on_a_terminal_only(run_cli, tmp_path: Path) -> None:
+    examples = tmp_path / "examples"
+    shutil.copytree(REPO / "examples", examples)
+    primary, secondary = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKRESIZE_")}
+    env["BULKRESIZE_DATA_DIR"] = str(tmp_path / "data")
+    process = subprocess.run(
+        [*bulkresize_command(), "process", "examples/products.csv"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        timeout=120,
+        check=False,
+    )
+    os.close(secondary)
+    terminal = b""
+    while select.select([primary], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(primary)
+    assert process.returncode == 0
+    assert b"images" in terminal and b"100%" in terminal
+    piped = run_cli("process", "examples/products.csv")
+    assert "%" not in piped.stderr  # no bar when stderr is not a terminal
