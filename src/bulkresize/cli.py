@@ -30,6 +30,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Failed(click.ClickException):
@@ -123,8 +124,17 @@ def process(
         request = pipeline.submit(
             csv_file.read_bytes(), options=options, base_dir=csv_file.resolve().parent
         )
-        with _progress(request.total_images) as on_progress:
-            report = pipeline.wait(request.id, on_progress=on_progress)
+        try:
+            with _progress(request.total_images) as on_progress:
+                report = pipeline.wait(request.id, on_progress=on_progress)
+        except KeyboardInterrupt:
+            # Accepted work is in the database: the next run with this data dir resumes it.
+            click.echo(
+                f"\ninterrupted: request {request.id} keeps its pending images; any later "
+                "bulkresize process that uses this data dir resumes them",
+                err=True,
+            )
+            sys.exit(EXIT_INTERRUPTED)
         output.write_bytes(pipeline.output_csv(request.id))
         _print_summary(report, output)
         failures = [

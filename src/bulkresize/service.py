@@ -498,27 +498,40 @@ class Pipeline:
         *,
         timeout: float | None = None,
         poll_interval: float = 0.1,
+        sweep_after: float = 30.0,
         on_progress: Callable[[StatusReport], None] | None = None,
     ) -> StatusReport:
         """Block until the request is final and return its status.
+
+        With an in-process queue, a request that makes no progress for ``sweep_after`` seconds
+        is swept: images still pending with no queued job (a job dropped after repeated
+        backend errors) are queued again, so waiting never hangs on lost work.
 
         Args:
             request_id: The request.
             timeout: Seconds to wait at most; ``None`` waits for ever.
             poll_interval: Seconds between looks at the repository.
+            sweep_after: Seconds without progress before a sweep.
             on_progress: Called with each status seen (for progress bars).
 
         Raises:
             TimeoutError: The request was not final within ``timeout``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        last_count, last_change = -1, time.monotonic()
         while True:
             report = self.status(request_id)
             if on_progress is not None:
                 on_progress(report)
             if report.status.is_final:
                 return report
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if report.processed_images != last_count:
+                last_count, last_change = report.processed_images, now
+            elif self.queue.in_process and now - last_change >= sweep_after:
+                self.resume()
+                last_change = now
+            if deadline is not None and now >= deadline:
                 raise TimeoutError(f"request {request_id} is still {report.status}")
             time.sleep(poll_interval)
 

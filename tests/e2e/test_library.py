@@ -175,3 +175,36 @@ def test_pending_images_are_resumed_after_a_restart(origin: Origin, settings: Se
         report = second.wait(request.id, timeout=20)
     assert report.status is RequestStatus.COMPLETED
     assert report.processed_images == 5 and report.failed_images == 0
+
+
+def test_waiting_sweeps_up_a_job_the_queue_gave_up_on(
+    origin: Origin, settings: Settings, tmp_path: Path
+) -> None:
+    from bulkresize.errors import RepositoryError
+    from bulkresize.queues.local import LocalQueue
+    from bulkresize.repositories.sql import SQLRepository
+
+    class FlakyRepository(SQLRepository):
+        """Fails the first three attempts to record an image, as a locked database would."""
+
+        failures = 3
+
+        def record_image(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise RepositoryError("database is locked")
+            return super().record_image(*args, **kwargs)
+
+    url = origin.add("/a.jpg", encode(photo(), "JPEG"))
+    data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()
+    repository = FlakyRepository.from_url(f"sqlite:///{tmp_path / 'flaky.db'}")
+    queue = LocalQueue(workers=2, max_attempts=3, retry_delay=0.01)
+    with bulkresize.Pipeline.from_settings(
+        settings, repository=repository, queue=queue
+    ) as pipeline:
+        pipeline.start()
+        request = pipeline.submit(data)
+        report = pipeline.wait(request.id, timeout=20, sweep_after=0.5)
+    assert report.status is RequestStatus.COMPLETED
+    assert repository.failures == 0
+    assert origin.hits("/a.jpg") == 4  # three dropped attempts, then the swept job
