@@ -112,6 +112,8 @@ def process(
     if not csv_file.is_file():
         raise _Invalid(f"no such file: {csv_file}")
     output = output or csv_file.with_name(f"{csv_file.stem}-output.csv")
+    if not output.parent.is_dir():  # fail before the work, not after it
+        raise _Invalid(f"cannot write {output}: no such folder {output.parent}")
     options = {
         "quality": quality,
         "format": image_format,
@@ -135,7 +137,13 @@ def process(
                 err=True,
             )
             sys.exit(EXIT_INTERRUPTED)
-        output.write_bytes(pipeline.output_csv(request.id))
+        try:
+            output.write_bytes(pipeline.output_csv(request.id))
+        except OSError as exc:
+            raise _Failed(
+                f"cannot write {output}: {exc.strerror}; the output CSV is stored at "
+                f"{report.output_csv_url}"
+            ) from None
         _print_summary(report, output)
         failures = [
             image for image in pipeline.images(request.id) if image.status is ImageStatus.FAILED

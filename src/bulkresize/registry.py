@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, overload
@@ -34,7 +35,8 @@ PORTS: tuple[Port, ...] = ("storage", "queue", "repository", "validator", "engin
 @dataclass(frozen=True, slots=True)
 class _Builtin:
     target: str
-    extra: str | None = None  # the extra that installs what the backend imports
+    extra: str | None = None  # the extra that installs what the backend needs
+    requires: tuple[str, ...] = ()  # modules imported lazily, only when the backend is built
 
 
 # Built-ins: targets are imported only when asked for, so a missing optional dependency
@@ -43,19 +45,19 @@ _BUILTINS: dict[str, dict[str, _Builtin]] = {
     "storage": {
         "file": _Builtin("bulkresize.storage.fsspec:FsspecStorage"),
         "memory": _Builtin("bulkresize.storage.fsspec:FsspecStorage"),
-        "s3": _Builtin("bulkresize.storage.fsspec:FsspecStorage", extra="s3"),
-        "s3a": _Builtin("bulkresize.storage.fsspec:FsspecStorage", extra="s3"),
+        "s3": _Builtin("bulkresize.storage.fsspec:FsspecStorage", "s3", ("s3fs",)),
+        "s3a": _Builtin("bulkresize.storage.fsspec:FsspecStorage", "s3", ("s3fs",)),
     },
     "queue": {
         "local": _Builtin("bulkresize.queues.local:LocalQueue"),
-        "redis": _Builtin("bulkresize.queues.rq:RQQueue", extra="redis"),
-        "rediss": _Builtin("bulkresize.queues.rq:RQQueue", extra="redis"),
     },
     "repository": {
         "sqlite": _Builtin("bulkresize.repositories.sql:SQLRepository"),
-        "postgresql": _Builtin("bulkresize.repositories.sql:SQLRepository", extra="postgres"),
+        "postgresql": _Builtin(
+            "bulkresize.repositories.sql:SQLRepository", "postgres", ("psycopg",)
+        ),
         "postgresql+psycopg": _Builtin(
-            "bulkresize.repositories.sql:SQLRepository", extra="postgres"
+            "bulkresize.repositories.sql:SQLRepository", "postgres", ("psycopg",)
         ),
     },
     "validator": {
@@ -147,8 +149,12 @@ def load_backend(port: Port, url: str, base: type[Any] | None = None) -> type[An
 
 
 def _is_dotted_path(text: str) -> bool:
+    """``pkg.mod:Class`` or ``mod:Class``: a module, a colon and an attribute path (no ``//``)."""
+    if "://" in text:
+        return False
     module, sep, attribute = text.partition(":")
-    return bool(sep) and "." in module and not attribute.startswith("//") and bool(attribute)
+    names = [*module.split("."), *attribute.split(".")]
+    return bool(sep) and all(name.isidentifier() for name in names)
 
 
 def _load_dotted(port: str, text: str) -> Any:
@@ -174,13 +180,20 @@ def _load_scheme(port: str, scheme: str) -> Any:
         raise BackendNotFound(
             f"no {port} backend for '{scheme}://'; available: {_describe_available(port)}"
         )
-    try:
-        return _import_target(builtin.target)
-    except ImportError as exc:
+    missing = _missing_requirement(builtin)
+    if missing is not None:
         raise BackendNotFound(
-            f"the {port} backend for '{scheme}://' needs a package that is not installed "
-            f"({exc.name or exc}){_install_hint(builtin)}"
-        ) from exc
+            f"the {port} backend for '{scheme}://' needs {missing}, which is not installed"
+            f"{_install_hint(builtin)}"
+        )
+    return _import_target(builtin.target)
+
+
+def _missing_requirement(builtin: _Builtin) -> str | None:
+    for module in builtin.requires:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
 
 
 def create_backend(port: Port, url: str, base: type[T], **options: Any) -> T:
@@ -227,9 +240,6 @@ def available_backends() -> Iterator[BackendInfo]:
         for scheme, builtin in _BUILTINS[port].items():
             if scheme in seen:
                 continue
-            error = None
-            try:
-                _import_target(builtin.target)
-            except ImportError as exc:
-                error = f"not installed{_install_hint(builtin)}: {exc}"
+            missing = _missing_requirement(builtin)
+            error = f"needs {missing}{_install_hint(builtin)}" if missing else None
             yield BackendInfo(port, scheme, builtin.target, own_name, "builtin", error)

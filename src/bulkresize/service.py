@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from bulkresize.engines.base import ImageEngine
 from bulkresize.errors import (
@@ -131,11 +131,11 @@ class Pipeline:
         built: list[Any] = []
         try:
             if storage is None:
-                storage_options = dict(settings.storage_options)
-                if settings.public_url:
-                    storage_options["public_url"] = settings.public_url
                 storage = create_backend(
-                    "storage", settings.resolved_storage_url, Storage, **storage_options
+                    "storage",
+                    settings.resolved_storage_url,
+                    Storage,
+                    **dict(settings.storage_options),
                 )
                 built.append(storage)
             if repository is None:
@@ -391,7 +391,7 @@ class Pipeline:
         keys = _Keys(request_id)
         catalogue = Catalogue.from_dict(json.loads(self.storage.get(keys.catalogue)))
         output_urls = {
-            (image.row, image.position): self.storage.url(image.output_key)
+            (image.row, image.position): self.public_url(image.output_key)
             for image in self.repository.list_images(request_id, status=ImageStatus.DONE)
             if image.output_key
         }
@@ -456,7 +456,7 @@ class Pipeline:
     def _report(self, request: Request) -> StatusReport:
         output_url = None
         if request.is_final and request.output_key:
-            output_url = self.storage.url(request.output_key)
+            output_url = self.public_url(request.output_key)
         return StatusReport(
             request_id=request.id,
             status=request.status,
@@ -476,9 +476,18 @@ class Pipeline:
         """
         return self.repository.list_images(request_id)
 
+    def public_url(self, key: str) -> str:
+        """The public URL of a stored key.
+
+        Under ``BULKRESIZE_PUBLIC_URL`` when it is set, else the storage's own ``url()``.
+        """
+        if self.settings.public_url:
+            return f"{self.settings.public_url.rstrip('/')}/{quote(key)}"
+        return self.storage.url(key)
+
     def output_url(self, image: Image) -> str | None:
         """The public URL of a done image's output."""
-        return self.storage.url(image.output_key) if image.output_key else None
+        return self.public_url(image.output_key) if image.output_key else None
 
     def output_csv(self, request_id: str) -> bytes:
         """The output CSV of a final request.

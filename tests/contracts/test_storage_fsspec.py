@@ -48,3 +48,9 @@ def test_local_writes_leave_no_temporary_files(tmp_path: Path) -> None:
 def test_the_registry_builds_fsspec_storage_for_file_and_memory(tmp_path: Path) -> None:
     assert isinstance(create_backend("storage", tmp_path.as_uri(), Storage), FsspecStorage)
     assert isinstance(create_backend("storage", "memory://x", Storage), FsspecStorage)
+
+
+def test_local_objects_are_readable_by_others(tmp_path: Path) -> None:
+    storage = FsspecStorage.from_url(tmp_path.as_uri())
+    storage.put("r/1-1.jpg", b"data", content_type="image/jpeg")
+    assert (tmp_path / "r" / "1-1.jpg").stat().st_mode & 0o777 == 0o644

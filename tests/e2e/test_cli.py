@@ -319,3 +319,14 @@ def test_process_shows_a_progress_bar_on_a_terminal_only(run_cli, tmp_path: Path
     assert b"images" in terminal and b"100%" in terminal
     piped = run_cli("process", "examples/products.csv")
     assert "%" not in piped.stderr  # no bar when stderr is not a terminal
+
+
+def test_process_refuses_an_output_folder_that_does_not_exist(
+    run_cli, origin: Origin, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(f"S. No.,Product Name,Input Image Urls\n1,A,{origin.url('/a.jpg')}\n")
+    result = run_cli("process", str(source), "-o", str(tmp_path / "nope" / "out.csv"), env=ENV)
+    assert result.returncode == 2
+    assert "no such folder" in result.stderr
+    assert origin.requests == []

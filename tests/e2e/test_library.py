@@ -208,3 +208,15 @@ def test_waiting_sweeps_up_a_job_the_queue_gave_up_on(
     assert report.status is RequestStatus.COMPLETED
     assert repository.failures == 0
     assert origin.hits("/a.jpg") == 4  # three dropped attempts, then the swept job
+
+
+def test_public_url_is_the_base_of_every_output_link(origin: Origin, settings: Settings) -> None:
+    url = origin.add("/a.jpg", encode(photo(), "JPEG"))
+    source = io.BytesIO(f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode())
+    output = io.BytesIO()
+    report = bulkresize.process_csv(
+        source, output, settings=settings.replace(public_url="https://cdn.example.com/img/")
+    )
+    assert report.output_csv_url == f"https://cdn.example.com/img/{report.request_id}/output.csv"
+    rows = list(csv.reader(io.StringIO(output.getvalue().decode())))
+    assert rows[1][3] == f"https://cdn.example.com/img/{report.request_id}/1-1.jpg"

@@ -21,7 +21,7 @@ class ImageEngine(abc.ABC):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build the engine; ``url`` is its registry name, e.g. ``pillow://``.
+        """Build the engine; ``url`` is its registry name (``pillow``) or dotted path.
 
         Options: ``max_image_pixels``.
         """

@@ -164,6 +164,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others
         os.replace(tmp, path)  # readers see the old object or the new one, never half of one
     except BaseException:
         with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ class Validator(abc.ABC):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build the validator; ``url`` is its registry name, e.g. ``pandera://``.
+        """Build the validator; ``url`` is its registry name (``pandera``) or dotted path.
 
         Options are the limits from :class:`~bulkresize.settings.Settings`
         (``max_rows``, ``max_urls_per_row``, ``max_upload_bytes``).
