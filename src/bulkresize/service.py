@@ -45,12 +45,11 @@ from bulkresize.settings import Settings
 from bulkresize.storage.base import Storage
 from bulkresize.validation.base import Validator
 
-__all__ = ["JOB_FINALIZE", "JOB_PROCESS_IMAGE", "Pipeline", "create_validator", "process_csv"]
+__all__ = ["JOB_PROCESS_IMAGE", "Pipeline", "create_validator", "process_csv"]
 
 logger = logging.getLogger(__name__)
 
 JOB_PROCESS_IMAGE = "process_image"
-JOB_FINALIZE = "finalize_request"
 
 #: Storage writes that fail are tried this many times before the image is failed.
 _STORAGE_ATTEMPTS = 3
@@ -306,8 +305,6 @@ class Pipeline:
                 source_url=str(payload["source_url"]),
                 options=ImageOptions.from_dict(payload["options"]),
             )
-        elif job.kind == JOB_FINALIZE:
-            self.finalize(str(payload["request_id"]))
         else:
             logger.error("dropping job %s of unknown kind %r", job.id, job.kind)
 
