@@ -1,10 +1,10 @@
-"""Sessions: tests (against the installed package), lint (ruff) and typing (mypy, strict)."""
+"""Sessions: tests (against the installed package), lint, typing and docs."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 
@@ -35,3 +35,10 @@ def typing(session: nox.Session) -> None:
     """Mypy, strict, on src/."""
     _install(session, "--group", "typing", ".[all]")
     session.run("mypy", "src")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs strictly: a broken link or a page missing from the nav fails."""
+    _install(session, "--group", "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(session.create_tmp() + "/site"))

@@ -178,7 +178,7 @@ def _load_scheme(port: str, scheme: str) -> Any:
     builtin = _BUILTINS[port].get(scheme)
     if builtin is None:
         raise BackendNotFound(
-            f"no {port} backend for '{scheme}://'; available: {_describe_available(port)}"
+            f"no {port} backend for {_shown(scheme)}; available: {_describe_available(port)}"
         )
     missing = _missing_requirement(builtin)
     if missing is not None:
@@ -187,6 +187,11 @@ def _load_scheme(port: str, scheme: str) -> Any:
             f"{_install_hint(builtin)}"
         )
     return _import_target(builtin.target)
+
+
+def _shown(scheme: str) -> str:
+    # A scheme reads as a URL prefix; a name that is neither scheme nor path reads as itself.
+    return f"'{scheme}://'" if scheme.replace("+", "").replace("-", "").isalnum() else repr(scheme)
 
 
 def _missing_requirement(builtin: _Builtin) -> str | None:

@@ -34,7 +34,7 @@ class Settings:
         storage_options: Extra keyword arguments for the storage backend (fsspec options).
         public_url: Base URL for output links; default: the storage's own ``url()``.
         database_url: A SQLAlchemy URL; default ``sqlite:///<data_dir>/bulkresize.db``.
-        queue_url: ``local://`` (threads in this process) or ``redis://host:6379/0`` (RQ).
+        queue_url: ``local://`` (threads in this process) or a registered queue's URL.
         validator: The CSV validator's name (``pandera``) or ``pkg.mod:Class``.
         engine: The image engine's name (``pillow``) or ``pkg.mod:Class``.
         quality: Default encoder quality, 1 to 95.

@@ -52,7 +52,7 @@ class Queue(abc.ABC):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build the backend from a URL such as ``redis://localhost:6379/0``."""
+        """Build the backend from its URL, e.g. ``local://?workers=8``."""
         raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ class Storage(abc.ABC):
 
         Args:
             url: The storage URL; its scheme selected this class.
-            **options: Backend options (``BULKRESIZE_STORAGE_OPTIONS`` and ``public_url``).
+            **options: Backend options, from ``BULKRESIZE_STORAGE_OPTIONS``.
         """
         raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
 
@@ -55,7 +55,7 @@ class Storage(abc.ABC):
     def url(self, key: str) -> str:
         """The public URL of ``key``. It is stable: the same key always gives the same URL.
 
-        ``BULKRESIZE_PUBLIC_URL``, when set, overrides it.
+        The pipeline uses ``BULKRESIZE_PUBLIC_URL`` instead, when that is set.
         """
 
     def close(self) -> None:  # noqa: B027  # lifecycle hooks are no-ops by default
