@@ -109,3 +109,22 @@ def test_backends_lists_every_port_with_its_package() -> None:
 
 def test_storage_from_the_registry_is_a_storage(tmp_path: Path) -> None:
     assert isinstance(create_backend("storage", tmp_path.as_uri(), Storage), FsspecStorage)
+
+
+def test_a_backend_without_from_url_must_be_injected() -> None:
+    from bulkresize.errors import ConfigurationError
+
+    class InjectedOnly(Storage):
+        def put(self, key: str, data: bytes, *, content_type: str) -> None: ...
+        def get(self, key: str) -> bytes:
+            return b""
+
+        def exists(self, key: str) -> bool:
+            return False
+
+        def delete(self, key: str) -> None: ...
+        def url(self, key: str) -> str:
+            return key
+
+    with pytest.raises(ConfigurationError, match="cannot be built from a URL"):
+        InjectedOnly.from_url("x://y")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from bulkresize.errors import ConfigurationError
+
 __all__ = ["Job", "JobHandler", "Queue"]
 
 
@@ -53,7 +55,10 @@ class Queue(abc.ABC):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build the backend from its URL, e.g. ``local://?workers=8``."""
-        raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
+        # A backend that only takes ready clients is injected, never named by URL.
+        raise ConfigurationError(
+            f"{cls.__name__} cannot be built from a URL ({url!r}); pass an instance instead"
+        )
 
     @abc.abstractmethod
     def enqueue(self, jobs: Sequence[Job]) -> None:

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Self
 
+from bulkresize.errors import ConfigurationError
 from bulkresize.models import Image, ImageOutcome, ImageStatus, Request, RequestStatus
 
 __all__ = ["Repository"]
@@ -23,7 +24,10 @@ class Repository(abc.ABC):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build the backend from a URL such as ``sqlite:///bulkresize.db``."""
-        raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
+        # A backend that only takes ready clients is injected, never named by URL.
+        raise ConfigurationError(
+            f"{cls.__name__} cannot be built from a URL ({url!r}); pass an instance instead"
+        )
 
     @abc.abstractmethod
     def add_request(self, request: Request, images: Sequence[Image]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from typing import Any, Self
 
+from bulkresize.errors import ConfigurationError
+
 __all__ = ["Storage"]
 
 
@@ -23,7 +25,10 @@ class Storage(abc.ABC):
             url: The storage URL; its scheme selected this class.
             **options: Backend options, from ``BULKRESIZE_STORAGE_OPTIONS``.
         """
-        raise NotImplementedError(f"{cls.__name__} does not implement from_url()")
+        # A backend that only takes ready clients is injected, never named by URL.
+        raise ConfigurationError(
+            f"{cls.__name__} cannot be built from a URL ({url!r}); pass an instance instead"
+        )
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes, *, content_type: str) -> None:
