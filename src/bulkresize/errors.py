@@ -24,6 +24,7 @@ __all__ = [
     "HTTPStatusError",
     "ImageError",
     "ImageTooLarge",
+    "InvalidCallbackURL",
     "InvalidKey",
     "InvalidOption",
     "NotAnImage",
@@ -88,6 +89,18 @@ class RequestNotFound(BulkResizeError, LookupError):
 
 class RequestNotFinal(BulkResizeError):
     """The request has not reached a final state yet, so it has no output CSV."""
+
+
+class InvalidCallbackURL(BulkResizeError):
+    """The ``callback_url`` of a request is not an http(s) URL or fails the SSRF guard.
+
+    Attributes:
+        url: The URL as given.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class UploadTooLarge(BulkResizeError):

@@ -42,6 +42,10 @@ class Settings:
         max_width: Default box width to fit inside; ``None`` keeps the size.
         max_height: Default box height to fit inside; ``None`` keeps the size.
         webhook_secret: Standard Webhooks secret, ``whsec_…``.
+        webhook_timeout: Seconds for one webhook delivery attempt.
+        webhook_max_attempts: Delivery attempts before a webhook is marked failed.
+        webhook_backoff: Seconds before the first webhook retry; doubled each time, with jitter.
+        webhook_backoff_max: The longest wait between two webhook attempts.
         api_keys: API keys accepted by the HTTP service; empty means no authentication.
         allow_private_urls: Lift the SSRF guard (local development and tests only).
         connect_timeout: Seconds to connect to an origin.
@@ -73,6 +77,10 @@ class Settings:
     max_width: int | None = None
     max_height: int | None = None
     webhook_secret: str | None = None
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff: float = 2.0
+    webhook_backoff_max: float = 3600.0
     api_keys: tuple[str, ...] = ()
     allow_private_urls: bool = False
     connect_timeout: float = 5.0
@@ -184,8 +192,17 @@ _INTS = {
     "max_image_pixels",
     "download_concurrency",
     "encode_workers",
+    "webhook_max_attempts",
 }
-_FLOATS = {"connect_timeout", "read_timeout", "fetch_timeout", "retry_backoff"}
+_FLOATS = {
+    "connect_timeout",
+    "read_timeout",
+    "fetch_timeout",
+    "retry_backoff",
+    "webhook_timeout",
+    "webhook_backoff",
+    "webhook_backoff_max",
+}
 _BOOLS = {"allow_private_urls", "neutralize_formulas"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
