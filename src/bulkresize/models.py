@@ -27,6 +27,8 @@ __all__ = [
     "RequestStatus",
     "StatusReport",
     "ValidationProblem",
+    "WebhookState",
+    "WebhookStatus",
 ]
 
 #: Output formats that ``ImageOptions.format`` accepts.
@@ -45,6 +47,38 @@ class RequestStatus(enum.StrEnum):
     def is_final(self) -> bool:
         """Whether the request can no longer change."""
         return self in (RequestStatus.COMPLETED, RequestStatus.FAILED)
+
+
+class WebhookStatus(enum.StrEnum):
+    """Where a request's webhook is: ``pending`` → ``delivered`` | ``failed``."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookState:
+    """The delivery record of a request's webhook.
+
+    Attributes:
+        url: The ``callback_url``.
+        status: ``pending`` until delivered or given up on.
+        attempts: Delivery attempts so far.
+        next_attempt_at: When the next attempt is due (UTC); ``None`` until the request is
+            final, and once delivery has ended.
+        last_error: Why the last attempt failed, if it did.
+    """
+
+    url: str
+    status: WebhookStatus = WebhookStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{url, status, attempts}``, as the status document shows it."""
+        return {"url": self.url, "status": str(self.status), "attempts": self.attempts}
 
 
 class ImageStatus(enum.StrEnum):
@@ -310,6 +344,7 @@ class Request:
         callback_url: Where the webhook goes, if anywhere.
         output_key: The storage key of the output CSV, once final.
         owner: An opaque owner tag (e.g. a hash of the API key that created it).
+        webhook: The webhook delivery record, when the request has a ``callback_url``.
     """
 
     id: str
@@ -323,6 +358,7 @@ class Request:
     callback_url: str | None = None
     output_key: str | None = None
     owner: str | None = None
+    webhook: WebhookState | None = None
 
     @property
     def is_final(self) -> bool:

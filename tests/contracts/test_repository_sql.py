@@ -8,11 +8,12 @@ from sqlalchemy import create_engine, text
 
 from bulkresize.repositories import Repository
 from bulkresize.repositories.sql import SQLRepository
-from bulkresize.testing import RepositoryContract
+from bulkresize.testing import RepositoryContract, WebhookOutboxContract
+from bulkresize.testing.repository import make_request
 from services import require_postgres
 
 
-class TestSQLiteRepository(RepositoryContract):
+class TestSQLiteRepository(RepositoryContract, WebhookOutboxContract):
     @pytest.fixture
     def repository(self, tmp_path: Path) -> Iterator[Repository]:
         repository = SQLRepository.from_url(f"sqlite:///{tmp_path / 'state.db'}")
@@ -20,7 +21,7 @@ class TestSQLiteRepository(RepositoryContract):
         repository.close()
 
 
-class TestInMemorySQLiteRepository(RepositoryContract):
+class TestInMemorySQLiteRepository(RepositoryContract, WebhookOutboxContract):
     @pytest.fixture
     def repository(self) -> Iterator[Repository]:
         repository = SQLRepository.from_url("sqlite://")
@@ -29,7 +30,7 @@ class TestInMemorySQLiteRepository(RepositoryContract):
 
 
 @pytest.mark.integration
-class TestPostgresRepository(RepositoryContract):
+class TestPostgresRepository(RepositoryContract, WebhookOutboxContract):
     @pytest.fixture
     def repository(self) -> Iterator[Repository]:
         url = require_postgres()
@@ -63,3 +64,31 @@ def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
     second.create_schema()
     first.close()
     second.close()
+
+
+def test_an_older_schema_gains_the_new_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE bulkresize_requests (id VARCHAR(64) PRIMARY KEY, status VARCHAR(16) "
+            "NOT NULL, total_images INTEGER NOT NULL, processed_images INTEGER NOT NULL, "
+            "failed_images INTEGER NOT NULL, options JSON NOT NULL, callback_url TEXT, "
+            "output_key TEXT, owner VARCHAR(128), created_at DATETIME NOT NULL, "
+            "updated_at DATETIME NOT NULL)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO bulkresize_requests VALUES ('old', 'completed', 1, 1, 0, '{}', NULL, "
+            "'old/output.csv', NULL, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+    engine.dispose()
+    repository = SQLRepository.from_url(url)
+    try:
+        old = repository.get_request("old")
+        assert old.status.value == "completed"
+        assert old.webhook is None
+        request, images = make_request(callback_url="https://h.example/x")
+        repository.add_request(request, images)
+        assert repository.get_request(request.id).webhook is not None
+    finally:
+        repository.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Self
 
 from bulkresize.errors import ConfigurationError
 from bulkresize.models import Image, ImageOutcome, ImageStatus, Request, RequestStatus
 
-__all__ = ["Repository"]
+__all__ = ["Repository", "WebhookOutbox"]
 
 
 class Repository(abc.ABC):
@@ -91,3 +92,41 @@ class Repository(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  # lifecycle hooks are no-ops by default
         """Release connections."""
+
+
+class WebhookOutbox(abc.ABC):
+    """The durable outbox of webhook deliveries, kept beside the requests.
+
+    ``Repository.finalize_request`` makes a request's webhook due in the same transaction as
+    the final status move, so exactly one finalization schedules exactly one delivery, and a
+    restart loses none. A repository that implements this port too can deliver webhooks.
+    """
+
+    @abc.abstractmethod
+    def claim_due_webhooks(self, now: datetime, *, lease: float, limit: int = 100) -> list[Request]:
+        """Claim final requests whose webhook is pending and due at ``now``.
+
+        Each claimed request's next attempt moves to ``now + lease`` seconds, so no other
+        process claims it meanwhile; if this process dies, it is due again after the lease.
+        """
+
+    @abc.abstractmethod
+    def record_webhook_attempt(
+        self,
+        request_id: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> Request:
+        """Count one delivery attempt.
+
+        Args:
+            request_id: The request.
+            delivered: The receiver accepted it: the webhook becomes ``delivered``.
+            error: Why it failed, when it did.
+            next_attempt_at: When to try again; ``None`` after a failure gives up (``failed``).
+
+        Raises:
+            RequestNotFound: No request has this ID.
+        """

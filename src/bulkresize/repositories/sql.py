@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -43,12 +44,15 @@ from bulkresize.models import (
     ImageStatus,
     Request,
     RequestStatus,
+    WebhookState,
+    WebhookStatus,
 )
-from bulkresize.repositories.base import Repository
+from bulkresize.repositories.base import Repository, WebhookOutbox
 
 __all__ = ["SQLRepository", "build_metadata"]
 
 _UNFINISHED = (RequestStatus.PENDING.value, RequestStatus.PROCESSING.value)
+_FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 # Any constant works; it only has to be the same in every process that creates the schema.
 _SCHEMA_LOCK_ID = 0x62756C6B
 
@@ -70,7 +74,12 @@ def build_metadata() -> tuple[MetaData, Table, Table]:
         Column("owner", String(128)),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("webhook_status", String(16)),
+        Column("webhook_attempts", Integer, nullable=False, default=0, server_default="0"),
+        Column("webhook_next_attempt_at", DateTime(timezone=True)),
+        Column("webhook_last_error", Text),
         Index("ix_bulkresize_requests_status", "status", "created_at"),
+        Index("ix_bulkresize_requests_webhook", "webhook_status", "webhook_next_attempt_at"),
     )
     images = Table(
         "bulkresize_images",
@@ -106,7 +115,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-class SQLRepository(Repository):
+class SQLRepository(Repository, WebhookOutbox):
     """Requests and images in two tables, through SQLAlchemy Core.
 
     On SQLite it turns on WAL and a busy timeout and starts every transaction with
@@ -179,13 +188,18 @@ class SQLRepository(Repository):
                 raise RepositoryError(f"database error: {_describe(exc)}") from None
 
     def create_schema(self) -> None:
-        """Create the tables and indexes if they are missing. Safe to run concurrently."""
+        """Create missing tables and indexes, and add missing columns. Safe to run concurrently.
+
+        Upgrades only ever add nullable or defaulted columns, so an older process keeps working
+        against a newer schema.
+        """
         with self._transaction() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:id)"), {"id": _SCHEMA_LOCK_ID}
                 )
             self._metadata.create_all(connection, checkfirst=True)
+            _add_missing_columns(connection, self._metadata)
 
     def add_request(self, request: Request, images: Sequence[Image]) -> None:
         """Store the request and its images in one transaction."""
@@ -201,6 +215,8 @@ class SQLRepository(Repository):
             "owner": request.owner,
             "created_at": request.created_at,
             "updated_at": request.updated_at,
+            "webhook_status": WebhookStatus.PENDING.value if request.callback_url else None,
+            "webhook_attempts": 0,
         }
         image_rows = [
             {
@@ -309,6 +325,7 @@ class SQLRepository(Repository):
         if not status.is_final:
             raise ValueError("a request can only be finalized as completed or failed")
         requests = self._requests
+        now = _now()
         with self._transaction() as connection:
             result = connection.execute(
                 update(requests)
@@ -317,7 +334,15 @@ class SQLRepository(Repository):
                     & requests.c.status.in_(_UNFINISHED)
                     & (requests.c.processed_images >= requests.c.total_images)
                 )
-                .values(status=status.value, output_key=output_key, updated_at=_now())
+                .values(
+                    status=status.value,
+                    output_key=output_key,
+                    updated_at=now,
+                    # The webhook becomes due in the same transaction as the final status.
+                    webhook_next_attempt_at=case(
+                        (requests.c.callback_url.is_not(None), now), else_=None
+                    ),
+                )
             )
             if result.rowcount == 0:
                 self._require_request(connection, request_id)
@@ -335,6 +360,72 @@ class SQLRepository(Repository):
                 .limit(limit)
             ).all()
         return [self._to_request(row._mapping) for row in rows]
+
+    def claim_due_webhooks(self, now: datetime, *, lease: float, limit: int = 100) -> list[Request]:
+        """Claim due webhooks with a conditional update per request, so each has one owner."""
+        requests = self._requests
+        due = (
+            (requests.c.webhook_status == WebhookStatus.PENDING.value)
+            & requests.c.status.in_(_FINAL)
+            & (requests.c.webhook_next_attempt_at <= now)
+        )
+        claimed: list[Request] = []
+        with self._transaction() as connection:
+            candidates = connection.execute(
+                select(requests.c.id)
+                .where(due)
+                .order_by(requests.c.webhook_next_attempt_at)
+                .limit(limit)
+            ).all()
+            for (request_id,) in candidates:
+                row = connection.execute(
+                    update(requests)
+                    .where(due & (requests.c.id == request_id))
+                    .values(webhook_next_attempt_at=now + timedelta(seconds=lease))
+                    .returning(*requests.c)
+                ).first()
+                if row is not None:
+                    claimed.append(self._to_request(row._mapping))
+        return claimed
+
+    def record_webhook_attempt(
+        self,
+        request_id: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> Request:
+        """Count one attempt; delivered, retry later, or give up."""
+        requests = self._requests
+        if delivered:
+            status, next_at = WebhookStatus.DELIVERED, None
+        elif next_attempt_at is None:
+            status, next_at = WebhookStatus.FAILED, None
+        else:
+            status, next_at = WebhookStatus.PENDING, next_attempt_at
+        with self._transaction() as connection:
+            row = connection.execute(
+                update(requests)
+                .where(
+                    (requests.c.id == request_id)
+                    & (requests.c.webhook_status == WebhookStatus.PENDING.value)
+                )
+                .values(
+                    webhook_status=status.value,
+                    webhook_attempts=requests.c.webhook_attempts + 1,
+                    webhook_next_attempt_at=next_at,
+                    webhook_last_error=None if delivered else error,
+                )
+                .returning(*requests.c)
+            ).first()
+            if row is None:
+                row = connection.execute(
+                    select(requests).where(requests.c.id == request_id)
+                ).first()
+                if row is None:
+                    raise RequestNotFound(f"no request {request_id!r}")
+        return self._to_request(row._mapping)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -361,6 +452,7 @@ class SQLRepository(Repository):
             callback_url=row["callback_url"],
             output_key=row["output_key"],
             owner=row["owner"],
+            webhook=_to_webhook(row),
         )
 
     @staticmethod
@@ -378,6 +470,35 @@ class SQLRepository(Repository):
             bytes_in=row["bytes_in"],
             bytes_out=row["bytes_out"],
         )
+
+
+def _to_webhook(row: Any) -> WebhookState | None:
+    if not row["callback_url"]:
+        return None
+    next_at = row["webhook_next_attempt_at"]
+    return WebhookState(
+        url=row["callback_url"],
+        status=WebhookStatus(row["webhook_status"] or WebhookStatus.PENDING.value),
+        attempts=row["webhook_attempts"] or 0,
+        next_attempt_at=_aware(next_at) if next_at is not None else None,
+        last_error=row["webhook_last_error"],
+    )
+
+
+def _add_missing_columns(connection: Connection, metadata: MetaData) -> None:
+    """Add columns that a newer release declares and an older database lacks."""
+    inspector = inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            server_default = getattr(column.server_default, "arg", None)
+            default = f" DEFAULT {server_default}" if server_default is not None else ""
+            connection.execute(
+                text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+            )
 
 
 def _is_memory_sqlite(engine: Engine) -> bool:

@@ -14,8 +14,14 @@ subclass. A capability that not every backend has is a fixture flag that default
 """
 
 from bulkresize.testing.queue import QueueContract
-from bulkresize.testing.repository import RepositoryContract
+from bulkresize.testing.repository import RepositoryContract, WebhookOutboxContract
 from bulkresize.testing.storage import StorageContract
 from bulkresize.testing.validator import ValidatorContract
 
-__all__ = ["QueueContract", "RepositoryContract", "StorageContract", "ValidatorContract"]
+__all__ = [
+    "QueueContract",
+    "RepositoryContract",
+    "StorageContract",
+    "ValidatorContract",
+    "WebhookOutboxContract",
+]

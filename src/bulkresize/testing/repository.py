@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,10 +17,11 @@ from bulkresize.models import (
     ImageStatus,
     Request,
     RequestStatus,
+    WebhookStatus,
 )
-from bulkresize.repositories.base import Repository
+from bulkresize.repositories.base import Repository, WebhookOutbox
 
-__all__ = ["RepositoryContract", "make_request"]
+__all__ = ["RepositoryContract", "WebhookOutboxContract", "make_request"]
 
 DONE = ImageOutcome(ImageStatus.DONE, output_key="k", bytes_in=10, bytes_out=5)
 FAILED = ImageOutcome(ImageStatus.FAILED, error="http_status", error_message="HTTP 404")
@@ -215,3 +216,116 @@ class RepositoryContract:
         repository.add_request(request, images)
         with pytest.raises(ValueError, match="final"):
             repository.finalize_request(request.id, RequestStatus.PROCESSING, None)
+
+
+class WebhookOutboxContract:
+    """Mix into a test class and provide ``repository``, which is also a ``WebhookOutbox``."""
+
+    @pytest.fixture
+    def repository(self) -> Repository:
+        """The backend under test. Override this fixture."""
+        raise NotImplementedError("provide a `repository` fixture")
+
+    def _finished(self, repository: Repository, *, callback: str | None) -> Request:
+        request, images = make_request(rows=1, per_row=1, callback_url=callback)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        assert repository.finalize_request(request.id, RequestStatus.COMPLETED, "o.csv")
+        return repository.get_request(request.id)
+
+    @staticmethod
+    def _outbox(repository: Repository) -> WebhookOutbox:
+        assert isinstance(repository, WebhookOutbox)
+        return repository
+
+    def test_a_request_with_a_callback_has_a_pending_webhook(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=1, callback_url="https://h.example/x")
+        repository.add_request(request, images)
+        webhook = repository.get_request(request.id).webhook
+        assert webhook is not None
+        assert (webhook.url, webhook.status, webhook.attempts) == (
+            "https://h.example/x",
+            WebhookStatus.PENDING,
+            0,
+        )
+        assert webhook.to_dict() == {
+            "url": "https://h.example/x",
+            "status": "pending",
+            "attempts": 0,
+        }
+        plain, plain_images = make_request(rows=1, per_row=1)
+        repository.add_request(plain, plain_images)
+        assert repository.get_request(plain.id).webhook is None
+
+    def test_a_webhook_is_due_only_once_the_request_is_final(self, repository: Repository) -> None:
+        outbox = self._outbox(repository)
+        request, images = make_request(rows=1, per_row=2, callback_url="https://h.example/x")
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert request.id not in {r.id for r in outbox.claim_due_webhooks(later, lease=60)}
+        repository.record_image(request.id, 1, 2, DONE)
+        repository.finalize_request(request.id, RequestStatus.COMPLETED, "o.csv")
+        claimed = outbox.claim_due_webhooks(later, lease=60)
+        assert [r.id for r in claimed if r.id == request.id] == [request.id]
+
+    def test_a_claimed_webhook_is_not_claimed_again_within_its_lease(
+        self, repository: Repository
+    ) -> None:
+        outbox = self._outbox(repository)
+        request = self._finished(repository, callback="https://h.example/x")
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        assert request.id in {r.id for r in outbox.claim_due_webhooks(now, lease=30)}
+        assert request.id not in {r.id for r in outbox.claim_due_webhooks(now, lease=30)}
+        after_lease = now + timedelta(seconds=31)
+        assert request.id in {r.id for r in outbox.claim_due_webhooks(after_lease, lease=30)}
+
+    def test_concurrent_claims_have_one_winner(self, repository: Repository) -> None:
+        outbox = self._outbox(repository)
+        request = self._finished(repository, callback="https://h.example/x")
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: outbox.claim_due_webhooks(now, lease=60), range(16)))
+        winners = [r for batch in results for r in batch if r.id == request.id]
+        assert len(winners) == 1
+
+    def test_attempts_are_counted_until_delivered(self, repository: Repository) -> None:
+        outbox = self._outbox(repository)
+        request = self._finished(repository, callback="https://h.example/x")
+        retry_at = datetime.now(UTC) + timedelta(seconds=5)
+        failed_once = outbox.record_webhook_attempt(
+            request.id, delivered=False, error="HTTP 500", next_attempt_at=retry_at
+        )
+        assert failed_once.webhook is not None
+        assert (failed_once.webhook.status, failed_once.webhook.attempts) == (
+            WebhookStatus.PENDING,
+            1,
+        )
+        assert failed_once.webhook.last_error == "HTTP 500"
+        assert abs((failed_once.webhook.next_attempt_at - retry_at).total_seconds()) < 1
+        delivered = outbox.record_webhook_attempt(request.id, delivered=True)
+        assert delivered.webhook is not None
+        assert (delivered.webhook.status, delivered.webhook.attempts) == (
+            WebhookStatus.DELIVERED,
+            2,
+        )
+        far = datetime.now(UTC) + timedelta(days=1)
+        assert request.id not in {r.id for r in outbox.claim_due_webhooks(far, lease=1)}
+        # Once delivery has ended, a stray attempt changes nothing.
+        again = outbox.record_webhook_attempt(request.id, delivered=False, error="late")
+        assert again.webhook is not None
+        assert (again.webhook.status, again.webhook.attempts) == (WebhookStatus.DELIVERED, 2)
+
+    def test_giving_up_marks_the_webhook_failed(self, repository: Repository) -> None:
+        outbox = self._outbox(repository)
+        request = self._finished(repository, callback="https://h.example/x")
+        gave_up = outbox.record_webhook_attempt(request.id, delivered=False, error="HTTP 410")
+        assert gave_up.webhook is not None
+        assert gave_up.webhook.status is WebhookStatus.FAILED
+        assert gave_up.webhook.last_error == "HTTP 410"
+
+    def test_requests_without_a_callback_are_never_claimed(self, repository: Repository) -> None:
+        outbox = self._outbox(repository)
+        request = self._finished(repository, callback=None)
+        far = datetime.now(UTC) + timedelta(days=1)
+        assert request.id not in {r.id for r in outbox.claim_due_webhooks(far, lease=1)}
