@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 from urllib.parse import quote, urlsplit
@@ -21,7 +21,10 @@ from urllib.parse import quote, urlsplit
 from bulkresize.engines.base import ImageEngine
 from bulkresize.errors import (
     BackendError,
+    BlockedURL,
+    ConfigurationError,
     ImageError,
+    InvalidCallbackURL,
     RequestNotFinal,
     RequestNotFound,
     StorageError,
@@ -40,10 +43,17 @@ from bulkresize.models import (
 from bulkresize.output_csv import render_output_csv
 from bulkresize.queues.base import Job, Queue
 from bulkresize.registry import create_backend
-from bulkresize.repositories.base import Repository
+from bulkresize.repositories.base import Repository, WebhookOutbox
 from bulkresize.settings import Settings
 from bulkresize.storage.base import Storage
 from bulkresize.validation.base import Validator
+from bulkresize.webhooks import (
+    WebhookSender,
+    build_payload,
+    check_callback_url,
+    message_id,
+    retry_delay,
+)
 
 __all__ = ["JOB_PROCESS_IMAGE", "Pipeline", "create_validator", "process_csv"]
 
@@ -53,6 +63,11 @@ JOB_PROCESS_IMAGE = "process_image"
 
 #: Storage writes that fail are tried this many times before the image is failed.
 _STORAGE_ATTEMPTS = 3
+#: How often the maintenance thread looks for due webhooks, and how often it sweeps.
+_WEBHOOK_POLL_SECONDS = 0.25
+_SWEEP_SECONDS = 30.0
+#: How long a claimed webhook stays with its claimer before another process may retry it.
+_WEBHOOK_LEASE_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,7 @@ class Pipeline:
         validator: Parses and checks CSVs.
         engine: Re-encodes images.
         fetcher: Downloads images; default built from ``settings``.
+        webhook_sender: Delivers webhooks; default built from ``settings``.
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class Pipeline:
         validator: Validator,
         engine: ImageEngine,
         fetcher: Fetcher | None = None,
+        webhook_sender: WebhookSender | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -105,6 +122,11 @@ class Pipeline:
         self.validator = validator
         self.engine = engine
         self.fetcher = fetcher if fetcher is not None else Fetcher.from_settings(settings)
+        self.webhook_sender = (
+            webhook_sender if webhook_sender is not None else WebhookSender.from_settings(settings)
+        )
+        self._stopping = threading.Event()
+        self._maintenance: threading.Thread | None = None
         # Decoding and encoding are CPU-bound: at most one per core, however many downloads.
         self._encode_slots = threading.BoundedSemaphore(settings.resolved_encode_workers)
         self._started = False
@@ -120,6 +142,7 @@ class Pipeline:
         validator: Validator | None = None,
         engine: ImageEngine | None = None,
         fetcher: Fetcher | None = None,
+        webhook_sender: WebhookSender | None = None,
     ) -> Pipeline:
         """Compose a pipeline from settings; any backend passed in is used as it is.
 
@@ -169,14 +192,20 @@ class Pipeline:
             validator=validator,
             engine=engine,
             fetcher=fetcher,
+            webhook_sender=webhook_sender,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, *, resume: bool = True) -> None:
+    def start(self, *, resume: bool = True, maintenance: bool = True) -> None:
         """Let an in-process queue start running jobs, and resume unfinished work.
 
         With a distributed queue this only resumes; ``bulkresize worker`` runs the jobs.
+
+        Args:
+            resume: Queue again the pending images of unfinished requests now.
+            maintenance: Start a background thread that delivers due webhooks and, with an
+                in-process queue, sweeps up lost jobs every 30 seconds.
         """
         if self._started:
             return
@@ -185,10 +214,30 @@ class Pipeline:
             self.queue.start(self.handle_job)
         if resume:
             self.resume()
+        if maintenance:
+            self._maintenance = threading.Thread(
+                target=self._maintain, name="bulkresize-maintenance", daemon=True
+            )
+            self._maintenance.start()
+
+    def _maintain(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stopping.wait(_WEBHOOK_POLL_SECONDS):
+            try:
+                self.deliver_due_webhooks()
+                if self.queue.in_process and time.monotonic() - last_sweep >= _SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    self.resume()
+            except BackendError:
+                logger.exception("maintenance failed; trying again")
 
     def close(self) -> None:
-        """Stop the queue and release every backend."""
+        """Stop the queue and the maintenance thread, and release every backend."""
+        self._stopping.set()
+        if self._maintenance is not None:
+            self._maintenance.join()
         self.queue.close()
+        self.webhook_sender.close()
         self.fetcher.close()
         self.engine.close()
         self.validator.close()
@@ -231,6 +280,8 @@ class Pipeline:
             InvalidOption: An option is out of range.
         """
         image_options = self._options(options)
+        if callback_url is not None:
+            self._check_callback_url(callback_url)
         catalogue = self.validator.validate(data, allow_local_files=base_dir is not None)
         request_id = uuid.uuid4().hex
         now = datetime.now(UTC)
@@ -268,6 +319,17 @@ class Pipeline:
         self.repository.add_request(request, images)
         self.queue.enqueue([self._image_job(request, image) for image in images])
         return request
+
+    def _check_callback_url(self, url: str) -> None:
+        if not isinstance(self.repository, WebhookOutbox):
+            raise ConfigurationError(
+                f"{type(self.repository).__name__} keeps no webhook outbox, so a callback_url "
+                "cannot be delivered"
+            )
+        try:
+            check_callback_url(url, allow_private_urls=self.settings.allow_private_urls)
+        except BlockedURL as exc:
+            raise InvalidCallbackURL(f"callback_url: {exc}", url=url) from None
 
     def _options(self, options: ImageOptions | Mapping[str, Any] | None) -> ImageOptions:
         if isinstance(options, ImageOptions):
@@ -412,6 +474,51 @@ class Pipeline:
             )
         return won
 
+    def deliver_due_webhooks(self, *, limit: int = 100) -> int:
+        """Send every webhook that is due, recording each attempt. Safe in many processes.
+
+        Returns:
+            How many deliveries were attempted.
+        """
+        if not isinstance(self.repository, WebhookOutbox):
+            return 0
+        outbox = self.repository
+        claimed = outbox.claim_due_webhooks(
+            datetime.now(UTC), lease=_WEBHOOK_LEASE_SECONDS, limit=limit
+        )
+        for request in claimed:
+            if request.webhook is None:
+                continue
+            result = self.webhook_sender.send(
+                request.webhook.url,
+                message_id=message_id(request.id),
+                payload=build_payload(self._report(request)),
+            )
+            attempt = request.webhook.attempts + 1
+            next_attempt_at = None
+            if (
+                not result.delivered
+                and result.retryable
+                and attempt < self.settings.webhook_max_attempts
+            ):
+                delay = retry_delay(
+                    attempt,
+                    base=self.settings.webhook_backoff,
+                    cap=self.settings.webhook_backoff_max,
+                )
+                next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+            outbox.record_webhook_attempt(
+                request.id,
+                delivered=result.delivered,
+                error=result.error,
+                next_attempt_at=next_attempt_at,
+            )
+            logger.info(
+                "webhook for %s: attempt %d %s", request.id, attempt,
+                "delivered" if result.delivered else f"failed ({result.error})",
+            )
+        return len(claimed)
+
     def resume(self) -> int:
         """Queue again every pending image of every unfinished request; finalize the rest.
 
@@ -463,6 +570,7 @@ class Pipeline:
             created_at=request.created_at,
             updated_at=request.updated_at,
             output_csv_url=output_url,
+            webhook=request.webhook.to_dict() if request.webhook else None,
         )
 
     def images(self, request_id: str) -> list[Image]:
