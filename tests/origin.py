@@ -59,6 +59,8 @@ class Origin:
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        #: Every POST received, as ``(path, headers, body)``, in order.
+        self.posts: list[tuple[str, dict[str, str], bytes]] = []
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,8 +74,7 @@ class Origin:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                origin._serve(self)
+                origin._serve(self, body=self.rfile.read(length))
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -105,10 +106,12 @@ class Origin:
             route = self._routes.get(path)
             return route.hits if route else 0
 
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+    def _serve(self, handler: BaseHTTPRequestHandler, body: bytes | None = None) -> None:
         path = handler.path.split("?", 1)[0]
         with self._lock:
             self.requests.append((handler.command, handler.path, dict(handler.headers)))
+            if body is not None:
+                self.posts.append((handler.path, dict(handler.headers), body))
             route = self._routes.get(path)
             response = route.next() if route else Response(b"not found", status=404)
         try:

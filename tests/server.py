@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -31,13 +32,14 @@ class ServeProcess:
         self.env.update(env or {})
         self.log = data_dir.parent / f"serve-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: io.BufferedWriter | None = None
 
     def start(self, timeout: float = 30) -> ServeProcess:
-        log = self.log.open("ab")
+        self._log_file = self.log.open("ab")
         self.process = subprocess.Popen(
             [*bulkresize_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
-            stdout=log,
+            stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
@@ -57,6 +59,7 @@ class ServeProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+        self._close_log()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -66,6 +69,12 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -13,6 +13,8 @@ The :class:`Fetcher` enforces the limits of the design's section 3:
 
 Every failure is raised as one of the :mod:`bulkresize.errors` download errors; no httpx, httpcore
 or socket exception escapes :meth:`Fetcher.fetch`.
+
+:func:`guarded_client` gives other outbound HTTP (webhooks) the same connect-time SSRF guard.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -59,7 +61,9 @@ __all__ = [
     "IPAddress",
     "Resolver",
     "check_url",
+    "guarded_client",
     "is_public_address",
+    "normalise_host",
     "system_resolver",
 ]
 
@@ -421,7 +425,13 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
     def _vetted_addresses(self, host: str, port: int) -> list[IPAddress]:
         try:
-            answers = self._resolver(host, port)
+            # An IP literal is its own answer: an injected resolver need not know it, and the
+            # check below must judge it rather than report a failed lookup.
+            answers = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            answers = []
+        try:
+            answers = answers or self._resolver(host, port)
         except socket.gaierror as exc:
             if exc.errno in _NO_SUCH_NAME:  # a wrong name does not fix itself: no retry
                 raise DownloadError(f"cannot resolve host {host!r}: {exc.strerror}") from None
@@ -440,7 +450,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 addresses.append(address)
         if not addresses:
             raise DownloadError(f"host {host!r} has no address")
-        if self._check_addresses and _normalise_host(host) not in self._allowed_hosts:
+        if self._check_addresses and normalise_host(host) not in self._allowed_hosts:
             for address in addresses:  # every answer: a rebinding server can mix them
                 if not is_public_address(address):
                     raise BlockedURL(
@@ -491,6 +501,82 @@ class _GuardedTransport(httpx.HTTPTransport):
             http2=False,
             network_backend=backend,
         )
+
+
+def guarded_client(
+    *,
+    allow_private_urls: bool = False,
+    allowed_hosts: Collection[str] = (),
+    resolver: Resolver | None = None,
+    timeout: httpx.Timeout | float = 10.0,
+    max_connections: int = 16,
+    headers: Mapping[str, str] | None = None,
+    deadline: Callable[[], float | None] | None = None,
+) -> httpx.Client:
+    """Build an ``httpx.Client`` whose every connection passes the SSRF guard.
+
+    The client resolves each host itself at connect time (with ``resolver``), refuses the
+    connection with :class:`~bulkresize.errors.BlockedURL` if any answer is not a public address
+    (see :func:`is_public_address`), and then connects to the vetted IP, so DNS rebinding cannot
+    slip past. IP-literal hosts are judged the same way, without a lookup. It follows no
+    redirects, ignores proxy and other environment settings (``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` excepted), accepts no cookies, and speaks HTTP/1.1 only.
+
+    Errors raised by the guard are ours and pass through httpx unwrapped:
+    :class:`~bulkresize.errors.BlockedURL` for a refused address, and
+    :class:`~bulkresize.errors.DownloadError` for a host that does not exist or has no address.
+    Everything else is an ordinary ``httpx`` exception.
+
+    Args:
+        allow_private_urls: Lift the address check: connect to any address (development, tests).
+        allowed_hosts: Host names exempt from the address check, matched exactly (after
+            lower-casing and IDNA encoding); IP literals may be listed too.
+        resolver: Resolves host names at connect time; default :func:`system_resolver`.
+        timeout: The client's default timeout, in seconds or as an ``httpx.Timeout``.
+        max_connections: Connections open at once, over all hosts.
+        headers: Headers sent with every request.
+        deadline: Returns the ``time.monotonic()`` instant by which the current exchange must
+            end, or ``None``; every read and write is cut short at it. Called on each I/O, from
+            the thread doing it, so a ``threading.local`` can give each thread its own.
+
+    Returns:
+        A client; close it when done. It is safe to share between threads.
+
+    Raises:
+        ConfigurationError: ``allowed_hosts`` is a lone string or ``max_connections`` is below 1.
+    """
+    if isinstance(allowed_hosts, str):  # a lone name would become a set of letters
+        raise ConfigurationError("allowed_hosts must be a collection of host names")
+    if max_connections < 1:
+        raise ConfigurationError(f"max_connections must be at least 1, not {max_connections!r}")
+    backend = _GuardedBackend(
+        resolver=resolver or system_resolver,
+        check_addresses=not allow_private_urls,
+        allowed_hosts=frozenset(normalise_host(host) for host in allowed_hosts),
+        deadline=deadline or _no_deadline,
+    )
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport = _GuardedTransport(
+        backend=backend,
+        limits=limits,
+        # SSL_CERT_FILE/SSL_CERT_DIR are honoured (a private CA is the operator's choice);
+        # proxy variables are not, as the client below has trust_env off.
+        ssl_context=httpx.create_ssl_context(trust_env=True),
+    )
+    return httpx.Client(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # accept none
+        timeout=timeout,
+        headers=dict(headers or {}),
+    )
+
+
+def _no_deadline() -> float | None:
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,31 +678,15 @@ class Fetcher:
         self._retries = retries
         self._retry_backoff = retry_backoff
         self._check_addresses = not allow_private_urls
-        self._allowed_hosts = frozenset(_normalise_host(host) for host in allowed_hosts)
+        self._allowed_hosts = frozenset(normalise_host(host) for host in allowed_hosts)
         self._deadlines = threading.local()  # each thread's fetch has its own deadline
 
-        backend = _GuardedBackend(
-            resolver=resolver or system_resolver,
-            check_addresses=self._check_addresses,
-            allowed_hosts=self._allowed_hosts,
-            deadline=self._current_deadline,
-        )
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        transport = _GuardedTransport(
-            backend=backend,
-            limits=limits,
-            # SSL_CERT_FILE/SSL_CERT_DIR are honoured (a private CA is the operator's choice);
-            # proxy variables are not, as the client below has trust_env off.
-            ssl_context=httpx.create_ssl_context(trust_env=True),
-        )
-        self._client = httpx.Client(
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # accept none
+        self._client = guarded_client(
+            allow_private_urls=allow_private_urls,
+            allowed_hosts=allowed_hosts,
+            resolver=resolver,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            max_connections=max_connections,
             headers={
                 "User-Agent": f"bulkresize/{__version__}",
                 "Accept": "image/*, */*;q=0.5",
@@ -624,6 +694,7 @@ class Fetcher:
                 # from well-behaved servers (others are still decoded and counted).
                 "Accept-Encoding": "identity",
             },
+            deadline=self._current_deadline,
         )
 
     @classmethod
@@ -768,7 +839,7 @@ class Fetcher:
         if not self._check_addresses:
             return
         host = httpx.URL(url).raw_host.decode("ascii", errors="replace")
-        if _normalise_host(host) in self._allowed_hosts:
+        if normalise_host(host) in self._allowed_hosts:
             return
         try:
             address = ipaddress.ip_address(host)
@@ -924,8 +995,15 @@ def _standard_phrase(status: int) -> str:
         return ""
 
 
-def _normalise_host(host: str) -> str:
-    """A host as httpx sends it: lower case, IDNA-encoded, IPv6 without brackets."""
+def normalise_host(host: str) -> str:
+    """Normalise a host name the way httpx sends it, for matching against ``allowed_hosts``.
+
+    Args:
+        host: A host name or IP literal, IPv6 with or without brackets.
+
+    Returns:
+        The host lower-cased, IDNA-encoded, without a trailing dot, IPv6 without brackets.
+    """
     bare = host.strip().strip("[]")
     try:
         return httpx.URL(scheme="http", host=bare).raw_host.decode("ascii").rstrip(".")

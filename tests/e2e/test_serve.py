@@ -70,7 +70,7 @@ def test_a_request_runs_to_completion_and_its_webhook_is_retried_and_signed(
         )
         for n in range(5)
     ]
-    missing = origin.url("/missing.jpg")
+    missing = origin.add("/missing.jpg", b"gone", status=404, delay=0.4)
     data = (
         HEADER
         + f'1,Shoe,"{urls[0]},{missing}",a\n'
