@@ -243,3 +243,43 @@ def backends() -> None:
     for row in [header, *rows]:
         cells = [str(cell).ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         click.echo("  ".join([*cells, row[4]]).rstrip())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+def serve(host: str, port: int) -> None:
+    """Run the HTTP service (Litestar on uvicorn).
+
+    With the embedded queue (the default) this process also processes the images. When
+    BULKRESIZE_PUBLIC_URL is unset and storage is local, output URLs point at this server's
+    /files/ route.
+    """
+    try:
+        import uvicorn
+
+        from bulkresize.service import Pipeline
+        from bulkresize.web import create_app
+    except ImportError as exc:
+        hint = "pip install 'bulkresize[server]'"
+        raise _Invalid(f"the HTTP service needs Litestar and uvicorn ({exc}): {hint}") from None
+    settings = _settings()
+    if not settings.public_url and settings.resolved_storage_url.startswith("file:"):
+        settings = settings.replace(public_url=f"{_base_url(host, port)}/files")
+    # Built here, not in the app's startup, so that a backend that is not installed is one
+    # line and exit code 2 rather than a server traceback; the app starts and closes it.
+    with _errors():
+        pipeline = Pipeline.from_settings(settings)
+    app = create_app(pipeline=pipeline)
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL clients on this machine reach the server at, for a listening address."""
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104  # listening on all addresses
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

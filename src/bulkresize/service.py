@@ -506,6 +506,8 @@ class Pipeline:
                     base=self.settings.webhook_backoff,
                     cap=self.settings.webhook_backoff_max,
                 )
+                if result.retry_after is not None:  # the receiver asked for a pause
+                    delay = min(max(delay, result.retry_after), self.settings.webhook_backoff_max)
                 next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
             outbox.record_webhook_attempt(
                 request.id,

@@ -302,7 +302,9 @@ class WebhookOutboxContract:
             1,
         )
         assert failed_once.webhook.last_error == "HTTP 500"
-        assert abs((failed_once.webhook.next_attempt_at - retry_at).total_seconds()) < 1
+        next_at = failed_once.webhook.next_attempt_at
+        assert next_at is not None
+        assert abs((next_at - retry_at).total_seconds()) < 1
         delivered = outbox.record_webhook_attempt(request.id, delivered=True)
         assert delivered.webhook is not None
         assert (delivered.webhook.status, delivered.webhook.attempts) == (
