@@ -35,7 +35,6 @@ def create_app(
     queue: Queue | None = None,
     repository: Repository | None = None,
     pipeline: Pipeline | None = None,
-    debug: bool = False,
 ) -> Litestar:
     """Build the HTTP service: the routes of DESIGN §4 over one pipeline.
 
@@ -49,7 +48,6 @@ def create_app(
         repository: A ready repository instead of the configured one.
         pipeline: A ready, not yet started pipeline instead of building one (then no backend
             may be given).
-        debug: Litestar's debug mode (tracebacks in 500 answers); never in production.
 
     Returns:
         The Litestar app, with its OpenAPI document at ``/schema/openapi.json``.
@@ -79,5 +77,4 @@ def create_app(
                 Tag(name="compatibility", description="The original Node service's routes."),
             ],
         ),
-        debug=debug,
     )

@@ -94,7 +94,7 @@ def _service_error(request: AnyRequest, exc: BulkResizeError) -> Response[dict[s
     if isinstance(exc, InvalidCallbackURL):
         return error_response(
             status,
-            f"callback_url is refused: {exc}",
+            str(exc),
             [{"field": "callback_url", "value": exc.url, "message": str(exc)}],
         )
     if isinstance(exc, (ObjectNotFound, InvalidKey)):
@@ -122,7 +122,7 @@ def _http_error(upload_limit: int | None) -> Callable[[AnyRequest, HTTPException
                     "internal error on %s %s: %s", request.method, request.url.path, exc.detail
                 )
             # Litestar's 5xx details can name internals; the phrase says enough.
-            return error_response(status, HTTPStatus(status).phrase, headers=exc.headers)
+            return error_response(status, _phrase(status), headers=exc.headers)
         detail = exc.detail
         errors = _itemise(exc.extra)
         if status == 413 and upload_limit is not None:
@@ -133,6 +133,13 @@ def _http_error(upload_limit: int | None) -> Callable[[AnyRequest, HTTPException
         return error_response(status, detail, errors, headers=exc.headers)
 
     return handle
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Server Error"
 
 
 def _itemise(extra: Mapping[str, Any] | Sequence[Any] | None) -> list[dict[str, Any]] | None:

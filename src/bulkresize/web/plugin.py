@@ -11,7 +11,7 @@ from litestar import Router
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins import InitPluginProtocol
+from litestar.plugins import InitPlugin
 
 from bulkresize.service import Pipeline
 from bulkresize.settings import Settings
@@ -45,7 +45,7 @@ _SECURITY_SCHEMES = {
 }
 
 
-class BulkResizePlugin(InitPluginProtocol):
+class BulkResizePlugin(InitPlugin):
     """Adds bulkresize to a Litestar app: the HTTP API of DESIGN §4 over one :class:`Pipeline`.
 
     On startup it builds the pipeline with :meth:`Pipeline.from_settings` and starts it (with

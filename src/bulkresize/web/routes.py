@@ -29,14 +29,20 @@ from litestar.exceptions import (
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
-from bulkresize.errors import BulkResizeError, InvalidOption, ObjectNotFound, RequestNotFound
-from bulkresize.errors import UploadTooLarge as UploadTooLargeError
+from bulkresize.errors import (
+    BulkResizeError,
+    InvalidOption,
+    ObjectNotFound,
+    RequestNotFound,
+    UploadTooLarge,
+)
 from bulkresize.models import RequestStatus
 from bulkresize.service import Pipeline
 from bulkresize.storage.fsspec import check_key
 from bulkresize.web.errors import NotReady
 from bulkresize.web.schemas import (
     CSV_MEDIA_TYPES,
+    FILE_MEDIA_TYPES,
     FileOperation,
     Health,
     ImageEntry,
@@ -87,25 +93,20 @@ PipelineDependency = NamedDependency[Pipeline]
 #: The caller's API key hash, or ``None`` when API keys are off.
 OwnerDependency = NamedDependency[str | None]
 
+# Query options apply to a raw CSV body, and to a multipart form unless a form field overrides.
 Quality = Annotated[
     int | None,
-    QueryParameter(ge=1, le=95, description="Encoder quality, 1 to 95 (raw CSV bodies)."),
+    QueryParameter(ge=1, le=95, description="Encoder quality, 1 to 95."),
 ]
 Format = Annotated[
     Literal["jpeg", "webp", "png", "keep"] | None,
-    QueryParameter(description="Output format (raw CSV bodies)."),
+    QueryParameter(description="Output format."),
 ]
-MaxWidth = Annotated[
-    int | None, QueryParameter(ge=1, description="Fit inside this width (raw CSV bodies).")
-]
-MaxHeight = Annotated[
-    int | None, QueryParameter(ge=1, description="Fit inside this height (raw CSV bodies).")
-]
+MaxWidth = Annotated[int | None, QueryParameter(ge=1, description="Fit inside this width.")]
+MaxHeight = Annotated[int | None, QueryParameter(ge=1, description="Fit inside this height.")]
 CallbackURL = Annotated[
     str | None,
-    QueryParameter(
-        description="Where to POST the webhook when the request is final (raw CSV bodies)."
-    ),
+    QueryParameter(description="Where to POST the webhook when the request is final."),
 ]
 
 
@@ -174,11 +175,8 @@ def _check_visible(pipeline: Pipeline, request_id: str, owner: str | None) -> No
         raise RequestNotFound(f"no request {request_id!r}")
 
 
-def _bad_field(field: str, message: str, value: str | None = None) -> ValidationException:
-    error: dict[str, Any] = {"field": field, "message": message}
-    if value is not None:
-        error["value"] = value
-    return ValidationException(detail=f"{field}: {message}", extra=[error])
+def _bad_field(field: str, message: str) -> ValidationException:
+    return ValidationException(detail=message, extra=[{"field": field, "message": message}])
 
 
 def _checked_options(pipeline: Pipeline, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,13 +202,13 @@ async def _read_body(request: AnyRequest, limit: int) -> bytes:
     """The raw body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
     announced = request.content_length
     if announced is not None and announced > limit:
-        raise UploadTooLargeError(f"the upload is larger than the limit of {limit} bytes")
+        raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise UploadTooLargeError(f"the upload is larger than the limit of {limit} bytes")
+            raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -236,7 +234,7 @@ async def _read_form(
         else:
             data = str(part).encode()
         if len(data) > limit:
-            raise UploadTooLargeError(f"the upload is larger than the limit of {limit} bytes")
+            raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes")
         values: dict[str, str] = {}
         for name in fields:
             value = form.get(name)
@@ -252,8 +250,8 @@ async def _read_form(
 
 async def _submit(
     request: AnyRequest,
-    pipeline: PipelineDependency,
-    owner: OwnerDependency,
+    pipeline: Pipeline,
+    owner: str | None,
     *,
     callback_field: str,
     query: Mapping[str, Any],
@@ -291,7 +289,11 @@ async def _submit(
 
 _LOCATION = [
     ResponseHeader(
-        name="Location", description="The status document's URL.", documentation_only=True
+        name="Location",
+        description="The status document's URL, as in `status_url`.",
+        value="https://example.com/v1/requests/{request_id}",  # only its type is documented
+        documentation_only=True,
+        required=True,
     )
 ]
 
@@ -490,7 +492,9 @@ def stored_file(key: StorageKey, pipeline: PipelineDependency) -> Response[bytes
     # Litestar hands the path parameter over with its leading slash.
     key = check_key(key.removeprefix("/"))
     data = pipeline.storage.get(key)
-    media_type = mimetypes.guess_type(key, strict=False)[0] or "application/octet-stream"
+    media_type = mimetypes.guess_type(key, strict=False)[0]
+    if media_type not in FILE_MEDIA_TYPES:  # never serve active content (HTML, SVG) from here
+        media_type = "application/octet-stream"
     return Response(
         data,
         media_type=media_type,

@@ -30,6 +30,7 @@ from bulkresize.models import FORMATS, ImageStatus, RequestStatus, StatusReport,
 
 __all__ = [
     "CSV_MEDIA_TYPES",
+    "FILE_MEDIA_TYPES",
     "ErrorBody",
     "FileOperation",
     "Health",
