@@ -516,7 +516,9 @@ class Pipeline:
                 next_attempt_at=next_attempt_at,
             )
             logger.info(
-                "webhook for %s: attempt %d %s", request.id, attempt,
+                "webhook for %s: attempt %d %s",
+                request.id,
+                attempt,
                 "delivered" if result.delivered else f"failed ({result.error})",
             )
         return len(claimed)
