@@ -65,7 +65,6 @@ JOB_PROCESS_IMAGE = "process_image"
 _STORAGE_ATTEMPTS = 3
 #: How often the maintenance thread looks for due webhooks, and how often it sweeps.
 _WEBHOOK_POLL_SECONDS = 0.25
-_SWEEP_SECONDS = 30.0
 #: How long a claimed webhook stays with its claimer before another process may retry it.
 _WEBHOOK_LEASE_SECONDS = 120.0
 
@@ -204,8 +203,9 @@ class Pipeline:
 
         Args:
             resume: Queue again the pending images of unfinished requests now.
-            maintenance: Start a background thread that delivers due webhooks and, with an
-                in-process queue, sweeps up lost jobs every 30 seconds.
+            maintenance: Start a background thread that delivers due webhooks and sweeps up
+                lost jobs (pending images with no live job) every ``settings.sweep_interval``
+                seconds.
         """
         if self._started:
             return
@@ -220,12 +220,33 @@ class Pipeline:
             )
             self._maintenance.start()
 
+    def work(self, *, burst: bool = False) -> None:
+        """Run jobs from the queue in the foreground: what ``bulkresize worker`` does.
+
+        Starts the maintenance thread (webhooks and sweeping) and resumes unfinished work
+        first, so any worker can repair what a dead process left behind.
+
+        Args:
+            burst: Return once the queue is empty instead of waiting for more jobs.
+
+        Raises:
+            ConfigurationError: The queue runs jobs in-process (``local://``), so there is
+                nothing for a separate worker to take.
+        """
+        if self.queue.in_process:
+            raise ConfigurationError(
+                f"{type(self.queue).__name__} runs jobs inside the process that submits them; "
+                "a worker needs a distributed queue such as redis://"
+            )
+        self.start(resume=True, maintenance=True)
+        self.queue.work(self.handle_job, burst=burst)
+
     def _maintain(self) -> None:
         last_sweep = time.monotonic()
         while not self._stopping.wait(_WEBHOOK_POLL_SECONDS):
             try:
                 self.deliver_due_webhooks()
-                if self.queue.in_process and time.monotonic() - last_sweep >= _SWEEP_SECONDS:
+                if time.monotonic() - last_sweep >= self.settings.sweep_interval:
                     last_sweep = time.monotonic()
                     self.resume()
             except BackendError:

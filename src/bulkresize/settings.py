@@ -62,6 +62,7 @@ class Settings:
         download_concurrency: Downloads in flight at once in one process.
         encode_workers: Threads that decode and encode; default: the number of CPUs.
         neutralize_formulas: Prefix output cells that a spreadsheet would run as formulas.
+        sweep_interval: Seconds between two sweeps for lost jobs in a long-running process.
     """
 
     data_dir: Path = field(default_factory=lambda: Path("bulkresize-data"))
@@ -97,6 +98,7 @@ class Settings:
     download_concurrency: int = 16
     encode_workers: int | None = None
     neutralize_formulas: bool = True
+    sweep_interval: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept str paths too
@@ -202,6 +204,7 @@ _FLOATS = {
     "webhook_timeout",
     "webhook_backoff",
     "webhook_backoff_max",
+    "sweep_interval",
 }
 _BOOLS = {"allow_private_urls", "neutralize_formulas"}
 _TRUE = {"1", "true", "yes", "on"}
