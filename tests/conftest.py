@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # for the test helpers beside this file
 
 from origin import Origin
+from services import MotoServer
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(
@@ -32,3 +33,11 @@ def corpus_dir() -> Path:
             pytest.fail(f"the image corpus is missing at {CORPUS}")
         pytest.skip(f"the image corpus is missing at {CORPUS}")
     return CORPUS
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """A moto S3 server on loopback, started once per test session."""
+    server = MotoServer().wait_ready()
+    yield server
+    server.stop()

@@ -9,6 +9,7 @@ from bulkresize.registry import create_backend
 from bulkresize.storage import Storage
 from bulkresize.storage.fsspec import FsspecStorage
 from bulkresize.testing import StorageContract
+from services import MotoServer
 
 
 class TestLocalFileStorage(StorageContract):
@@ -54,3 +55,41 @@ def test_local_objects_are_readable_by_others(tmp_path: Path) -> None:
     storage = FsspecStorage.from_url(tmp_path.as_uri())
     storage.put("r/1-1.jpg", b"data", content_type="image/jpeg")
     assert (tmp_path / "r" / "1-1.jpg").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.integration
+class TestS3Storage(StorageContract):
+    @pytest.fixture
+    def storage(self, moto: MotoServer) -> Storage:
+        bucket = f"bulkresize-{uuid.uuid4().hex[:12]}"
+        moto.create_bucket(bucket)
+        return FsspecStorage.from_url(f"s3://{bucket}/outputs", **moto.storage_options())
+
+
+@pytest.mark.integration
+def test_s3_urls_are_path_style_under_the_endpoint_and_serve_the_object(
+    moto: MotoServer,
+) -> None:
+    import httpx
+
+    moto.create_bucket("bulkresize-urls")
+    # Outputs are public: here by an object ACL through s3fs's `s3_additional_kwargs`.
+    storage = FsspecStorage.from_url(
+        "s3://bulkresize-urls/prefix",
+        **moto.storage_options(),
+        s3_additional_kwargs={"ACL": "public-read"},
+    )
+    storage.put("r/1-1.jpg", b"\xff\xd8\xffjpeg", content_type="image/jpeg")
+    url = storage.url("r/1-1.jpg")
+    assert url == f"{moto.endpoint_url}/bulkresize-urls/prefix/r/1-1.jpg"
+    assert "Signature" not in url and "Expires" not in url  # never a presigned URL
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert response.content == b"\xff\xd8\xffjpeg"
+    assert response.headers["content-type"] == "image/jpeg"
+
+
+@pytest.mark.integration
+def test_s3_without_an_endpoint_gives_the_aws_url() -> None:
+    storage = FsspecStorage.from_url("s3://my-bucket/p", key="x", secret="y")
+    assert storage.url("r/1-1.jpg") == "https://my-bucket.s3.amazonaws.com/p/r/1-1.jpg"
