@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
+
 from images import encode, photo
 from origin import Origin
-from PIL import Image
 from services import require_postgres, require_redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "distributed"))
-from topology import Topology  # noqa: E402
+from topology import Topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
