@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -274,6 +275,33 @@ def serve(host: str, port: int) -> None:
         pipeline = Pipeline.from_settings(settings)
     app = create_app(pipeline=pipeline)
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Quit once the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run a worker for the distributed queue (BULKRESIZE_QUEUE_URL=redis://...).
+
+    It builds the pipeline from the same settings as the API, resumes what dead processes left
+    behind, sweeps for lost jobs and delivers due webhooks, and runs jobs until SIGTERM or
+    Ctrl+C (after the running batch; a second signal stops it at once), or with --burst until
+    the queue is empty. Exit code 2 when the queue is the embedded local:// one.
+    """
+    from bulkresize.service import Pipeline
+
+    settings = _settings()
+    logging.getLogger("bulkresize").setLevel(logging.INFO)
+    # Outside RQ's work loop (which has its own handlers), SIGTERM interrupts like Ctrl+C, so
+    # the pipeline is closed either way.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with _errors(), Pipeline.from_settings(settings) as pipeline:
+            pipeline.work(burst=burst)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the worker stopped", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _base_url(host: str, port: int) -> str:

@@ -50,6 +50,8 @@ _BUILTINS: dict[str, dict[str, _Builtin]] = {
     },
     "queue": {
         "local": _Builtin("bulkresize.queues.local:LocalQueue"),
+        "redis": _Builtin("bulkresize.queues.rq:RQQueue", "redis", ("rq", "redis")),
+        "rediss": _Builtin("bulkresize.queues.rq:RQQueue", "redis", ("rq", "redis")),
     },
     "repository": {
         "sqlite": _Builtin("bulkresize.repositories.sql:SQLRepository"),

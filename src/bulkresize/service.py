@@ -166,8 +166,11 @@ class Pipeline:
                 built.append(repository)
             if queue is None:
                 queue_options: dict[str, Any] = {}
-                if settings.queue_url.startswith("local"):
+                scheme = settings.queue_url.split("://", 1)[0].lower()
+                if scheme == "local":
                     queue_options["workers"] = settings.download_concurrency
+                elif scheme in ("redis", "rediss"):
+                    queue_options["concurrency"] = settings.download_concurrency
                 queue = create_backend("queue", settings.queue_url, Queue, **queue_options)
                 built.append(queue)
             if validator is None:
