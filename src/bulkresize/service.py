@@ -175,6 +175,9 @@ class Pipeline:
                 built.append(queue)
             if validator is None:
                 validator = create_validator(settings)
+            if webhook_sender is None:
+                webhook_sender = WebhookSender.from_settings(settings)  # checks the secret
+                built.append(webhook_sender)
             if engine is None:
                 engine = create_backend(
                     "engine",
@@ -252,7 +255,7 @@ class Pipeline:
                 if time.monotonic() - last_sweep >= self.settings.sweep_interval:
                     last_sweep = time.monotonic()
                     self.resume()
-            except BackendError:
+            except Exception:  # the thread must outlive any one failure
                 logger.exception("maintenance failed; trying again")
 
     def close(self) -> None:
