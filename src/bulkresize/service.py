@@ -65,6 +65,8 @@ JOB_PROCESS_IMAGE = "process_image"
 _STORAGE_ATTEMPTS = 3
 #: How often the maintenance thread looks for due webhooks, and how often it sweeps.
 _WEBHOOK_POLL_SECONDS = 0.25
+#: How long a finalizer holds its claim; if it dies, another may finalize after this.
+_FINALIZE_LEASE_SECONDS = 120.0
 #: How long a claimed webhook stays with its claimer before another process may retry it.
 _WEBHOOK_LEASE_SECONDS = 120.0
 
@@ -465,8 +467,9 @@ class Pipeline:
     def finalize(self, request_id: str) -> bool:
         """Write the output CSV and mark the request final, once all its images are final.
 
-        Safe to call any number of times, from any process: the output CSV has a fixed key and
-        only one call moves the request to its final status.
+        Safe to call any number of times, from any process: one call at a time holds the
+        finalization claim and writes the output CSV (at a fixed key), and only one call moves
+        the request to its final status.
 
         Returns:
             True if this call finalized the request.
@@ -474,6 +477,8 @@ class Pipeline:
         request = self.repository.get_request(request_id)
         if request.is_final or request.processed_images < request.total_images:
             return False
+        if not self.repository.claim_finalization(request_id, lease=_FINALIZE_LEASE_SECONDS):
+            return False  # another process is finalizing it now
         keys = _Keys(request_id)
         catalogue = Catalogue.from_dict(json.loads(self.storage.get(keys.catalogue)))
         output_urls = {

@@ -220,3 +220,34 @@ def test_public_url_is_the_base_of_every_output_link(origin: Origin, settings: S
     assert report.output_csv_url == f"https://cdn.example.com/img/{report.request_id}/output.csv"
     rows = list(csv.reader(io.StringIO(output.getvalue().decode())))
     assert rows[1][3] == f"https://cdn.example.com/img/{report.request_id}/1-1.jpg"
+
+
+def test_exactly_one_finalizer_writes_the_output_csv(origin: Origin, settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bulkresize.storage.fsspec import FsspecStorage
+
+    class CountingStorage(FsspecStorage):
+        """Counts writes of output CSVs, slowly, so concurrent finalizers would overlap."""
+
+        csv_writes = 0
+
+        def put(self, key: str, data: bytes, *, content_type: str) -> None:
+            if key.endswith("/output.csv"):
+                type(self).csv_writes += 1
+                time.sleep(0.2)
+            super().put(key, data, content_type=content_type)
+
+    url = origin.add("/a.jpg", encode(photo(), "JPEG"))
+    data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()
+    storage = CountingStorage.from_url(settings.resolved_storage_url)
+    with bulkresize.Pipeline.from_settings(settings, storage=storage) as pipeline:
+        request = pipeline.submit(data)  # not started: the image is recorded by hand
+        pipeline.repository.record_image(
+            request.id, 1, 1, ImageOutcome(ImageStatus.FAILED, error="timeout", error_message="x")
+        )
+        with ThreadPoolExecutor(8) as pool:
+            wins = list(pool.map(lambda _: pipeline.finalize(request.id), range(8)))
+        assert wins.count(True) == 1
+        assert CountingStorage.csv_writes == 1
+        assert pipeline.status(request.id).status is RequestStatus.FAILED

@@ -76,6 +76,18 @@ class Repository(abc.ABC):
         """
 
     @abc.abstractmethod
+    def claim_finalization(self, request_id: str, *, lease: float) -> bool:
+        """Claim the right to finalize a request whose images are all final.
+
+        Exactly one caller at a time wins, so exactly one writes the output CSV. The claim
+        lapses after ``lease`` seconds, so a finalizer that died is replaced.
+
+        Returns:
+            True if this call holds the claim; False if the request is final, still has
+            pending images, or another claim is live.
+        """
+
+    @abc.abstractmethod
     def finalize_request(
         self, request_id: str, status: RequestStatus, output_key: str | None
     ) -> bool:

@@ -78,6 +78,7 @@ def build_metadata() -> tuple[MetaData, Table, Table]:
         Column("webhook_attempts", Integer, nullable=False, default=0, server_default="0"),
         Column("webhook_next_attempt_at", DateTime(timezone=True)),
         Column("webhook_last_error", Text),
+        Column("finalizing_until", DateTime(timezone=True)),
         Index("ix_bulkresize_requests_status", "status", "created_at"),
         Index("ix_bulkresize_requests_webhook", "webhook_status", "webhook_next_attempt_at"),
     )
@@ -317,6 +318,26 @@ class SQLRepository(Repository, WebhookOutbox):
                 .returning(*requests.c)
             ).one()
         return self._to_request(updated._mapping)
+
+    def claim_finalization(self, request_id: str, *, lease: float) -> bool:
+        """Claim finalization with one conditional update; a lapsed claim can be taken over."""
+        requests = self._requests
+        now = _now()
+        with self._transaction() as connection:
+            result = connection.execute(
+                update(requests)
+                .where(
+                    (requests.c.id == request_id)
+                    & requests.c.status.in_(_UNFINISHED)
+                    & (requests.c.processed_images >= requests.c.total_images)
+                    & (requests.c.finalizing_until.is_(None) | (requests.c.finalizing_until < now))
+                )
+                .values(finalizing_until=now + timedelta(seconds=lease))
+            )
+            if result.rowcount == 0:
+                self._require_request(connection, request_id)
+                return False
+            return True
 
     def finalize_request(
         self, request_id: str, status: RequestStatus, output_key: str | None

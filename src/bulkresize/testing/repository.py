@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -197,6 +198,43 @@ class RepositoryContract:
                     lambda _: repository.finalize_request(request.id, RequestStatus.COMPLETED, "o"),
                     range(16),
                 )
+            )
+        assert wins.count(True) == 1
+
+    def test_finalization_is_claimed_once_and_only_when_complete(
+        self, repository: Repository
+    ) -> None:
+        request, images = make_request(rows=1, per_row=2)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        assert not repository.claim_finalization(request.id, lease=60)  # one still pending
+        repository.record_image(request.id, 1, 2, DONE)
+        assert repository.claim_finalization(request.id, lease=60)
+        assert not repository.claim_finalization(request.id, lease=60)  # the claim is live
+        repository.finalize_request(request.id, RequestStatus.COMPLETED, "o.csv")
+        assert not repository.claim_finalization(request.id, lease=60)  # final now
+        with pytest.raises(RequestNotFound):
+            repository.claim_finalization("no-such-request", lease=60)
+
+    def test_a_lapsed_finalization_claim_can_be_taken_over(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=1)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        assert repository.claim_finalization(request.id, lease=0.2)
+        time.sleep(0.4)
+        assert repository.claim_finalization(request.id, lease=60)
+
+    def test_concurrent_finalization_claims_have_one_winner(
+        self, repository: Repository, supports_concurrency: bool
+    ) -> None:
+        if not supports_concurrency:
+            pytest.skip("backend is single-threaded")
+        request, images = make_request(rows=1, per_row=1)
+        repository.add_request(request, images)
+        repository.record_image(request.id, 1, 1, DONE)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            wins = list(
+                pool.map(lambda _: repository.claim_finalization(request.id, lease=60), range(16))
             )
         assert wins.count(True) == 1
 
