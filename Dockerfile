@@ -5,7 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     # Keep image buffers in the process instead of returning them to the kernel after each
-    # image: fresh pages are expensive on VMs (see docs/performance notes).
+    # image: fresh pages are expensive on VMs.
     MALLOC_MMAP_THRESHOLD_=33554432 \
     MALLOC_TRIM_THRESHOLD_=1073741824
 

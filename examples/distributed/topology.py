@@ -203,8 +203,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path("bulkresize-distributed"))
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="BULKRESIZE_NAME=VALUE",
+        help="a setting for every process, e.g. BULKRESIZE_ALLOW_PRIVATE_URLS=true",
+    )
     args = parser.parse_args()
-    with Topology(args.workdir).start(workers=args.workers) as topology:
+    extra = dict(item.split("=", 1) for item in args.env)
+    with Topology(args.workdir, extra_env=extra).start(workers=args.workers) as topology:
         print(f"API: {topology.api_url}  (logs in {args.workdir})")
         for name, value in sorted(topology.env.items()):
             if name.startswith("BULKRESIZE_"):

@@ -284,8 +284,9 @@ def worker(burst: bool) -> None:
 
     It builds the pipeline from the same settings as the API, resumes what dead processes left
     behind, sweeps for lost jobs and delivers due webhooks, and runs jobs until SIGTERM or
-    Ctrl+C (after the running batch; a second signal stops it at once), or with --burst until
-    the queue is empty. Exit code 2 when the queue is the embedded local:// one.
+    Ctrl+C (after the running batch; a second signal abandons it, to be retried later), or
+    with --burst until the queue is empty. Exit code 2 when the queue is the embedded
+    local:// one.
     """
     from bulkresize.service import Pipeline
 
