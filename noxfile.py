@@ -19,7 +19,9 @@ def _install(session: nox.Session, *args: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the whole test suite against the installed package (not the source tree)."""
     _install(session, "--group", "test", ".[all]")
-    session.run("pytest", *session.posargs)
+    # The example third-party plug-in: its own tests, and the e2e tests that load it.
+    session.install("./examples/storage_plugin")
+    session.run("pytest", *(session.posargs or ["tests", "examples/storage_plugin/tests"]))
 
 
 @nox.session
