@@ -13,12 +13,14 @@ The classes' names do not start with ``Test``, so pytest collects them only thro
 subclass. A capability that not every backend has is a fixture flag that defaults to on.
 """
 
+from bulkresize.testing.engine import EngineContract
 from bulkresize.testing.queue import QueueContract
 from bulkresize.testing.repository import RepositoryContract, WebhookOutboxContract
 from bulkresize.testing.storage import StorageContract
 from bulkresize.testing.validator import ValidatorContract
 
 __all__ = [
+    "EngineContract",
     "QueueContract",
     "RepositoryContract",
     "StorageContract",
