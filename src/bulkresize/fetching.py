@@ -307,6 +307,26 @@ def _file_path(url: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class ThreadDeadline:
+    """Each thread's current deadline (``time.monotonic()`` seconds), read by guarded streams.
+
+    A client shared by many threads runs one request per thread at a time, so the deadline of
+    the request in flight is a per-thread value.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> float | None:
+        """The calling thread's deadline, or ``None`` when it has none."""
+        value: float | None = getattr(self._local, "value", None)
+        return value
+
+    def set(self, value: float | None) -> None:
+        """Set (or, with ``None``, clear) the calling thread's deadline."""
+        self._local.value = value
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket stream whose every read and write also stops at the fetch's total deadline.
 
@@ -679,7 +699,7 @@ class Fetcher:
         self._retry_backoff = retry_backoff
         self._check_addresses = not allow_private_urls
         self._allowed_hosts = frozenset(normalise_host(host) for host in allowed_hosts)
-        self._deadlines = threading.local()  # each thread's fetch has its own deadline
+        self._deadline = ThreadDeadline()
 
         self._client = guarded_client(
             allow_private_urls=allow_private_urls,
@@ -694,7 +714,7 @@ class Fetcher:
                 # from well-behaved servers (others are still decoded and counted).
                 "Accept-Encoding": "identity",
             },
-            deadline=self._current_deadline,
+            deadline=self._deadline.get,
         )
 
     @classmethod
@@ -740,11 +760,11 @@ class Fetcher:
         if _scheme_of(url) == "file":
             return self._read_file(url)
         deadline = time.monotonic() + self._total_timeout
-        self._deadlines.value = deadline
+        self._deadline.set(deadline)
         try:
             return self._fetch_with_retries(url, deadline)
         finally:
-            self._deadlines.value = None
+            self._deadline.set(None)
 
     def close(self) -> None:
         """Close the pooled connections. The fetcher cannot be used afterwards."""
@@ -762,10 +782,6 @@ class Fetcher:
         self.close()
 
     # -- HTTP ------------------------------------------------------------------------------
-
-    def _current_deadline(self) -> float | None:
-        deadline: float | None = getattr(self._deadlines, "value", None)
-        return deadline
 
     def _fetch_with_retries(self, url: str, deadline: float) -> FetchedImage:
         attempt = 0

@@ -24,7 +24,6 @@ import math
 import random
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from bulkresize.errors import BlockedURL, BulkResizeError, ConfigurationError, D
 from bulkresize.fetching import (
     IPAddress,
     Resolver,
+    ThreadDeadline,
     check_url,
     guarded_client,
     is_public_address,
@@ -441,14 +441,14 @@ class WebhookSender:
             raise ConfigurationError(f"the webhook timeout must be more than 0, not {timeout!r}")
         self._signer = None if secret is None else _webhook(secret)
         self._timeout = float(timeout)
-        self._deadlines = threading.local()  # each thread's attempt has its own deadline
+        self._deadline = ThreadDeadline()
         self._client = guarded_client(
             allow_private_urls=allow_private_urls,
             allowed_hosts=allowed_hosts,
             resolver=resolver,
             timeout=httpx.Timeout(self._timeout),
             headers={"User-Agent": f"bulkresize/{__version__}"},
-            deadline=self._current_deadline,
+            deadline=self._deadline.get,
         )
 
     @classmethod
@@ -513,7 +513,7 @@ class WebhookSender:
         except BlockedURL as exc:
             return DeliveryResult(False, False, None, f"blocked: {exc}")
         host = _host_of(url)
-        self._deadlines.value = time.monotonic() + self._timeout
+        self._deadline.set(time.monotonic() + self._timeout)
         try:
             with self._client.stream(
                 "POST", url, content=body.encode("utf-8"), headers=headers
@@ -543,7 +543,7 @@ class WebhookSender:
             # httpx maps these itself; this is a backstop so that none can ever escape raw.
             return DeliveryResult(False, True, None, f"delivery to {host} failed: {exc}")
         finally:
-            self._deadlines.value = None
+            self._deadline.set(None)
 
     def close(self) -> None:
         """Close the pooled connections. The sender cannot be used afterwards."""
@@ -559,10 +559,6 @@ class WebhookSender:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _current_deadline(self) -> float | None:
-        deadline: float | None = getattr(self._deadlines, "value", None)
-        return deadline
 
     def _describe(self, exc: httpx.HTTPError, host: str) -> tuple[bool, str]:
         """Whether an httpx failure is worth another attempt, and what to call it."""

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
 
 from bulkresize.errors import BackendNotFound, RepositoryError, RequestNotFound
 from bulkresize.models import (
@@ -327,9 +328,7 @@ class SQLRepository(Repository, WebhookOutbox):
             result = connection.execute(
                 update(requests)
                 .where(
-                    (requests.c.id == request_id)
-                    & requests.c.status.in_(_UNFINISHED)
-                    & (requests.c.processed_images >= requests.c.total_images)
+                    self._complete_but_unfinished(request_id)
                     & (requests.c.finalizing_until.is_(None) | (requests.c.finalizing_until < now))
                 )
                 .values(finalizing_until=now + timedelta(seconds=lease))
@@ -350,11 +349,7 @@ class SQLRepository(Repository, WebhookOutbox):
         with self._transaction() as connection:
             result = connection.execute(
                 update(requests)
-                .where(
-                    (requests.c.id == request_id)
-                    & requests.c.status.in_(_UNFINISHED)
-                    & (requests.c.processed_images >= requests.c.total_images)
-                )
+                .where(self._complete_but_unfinished(request_id))
                 .values(
                     status=status.value,
                     output_key=output_key,
@@ -451,6 +446,15 @@ class SQLRepository(Repository, WebhookOutbox):
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
+
+    def _complete_but_unfinished(self, request_id: str) -> ColumnElement[bool]:
+        """The request, while every image is final but the request itself is not."""
+        requests = self._requests
+        return (
+            (requests.c.id == request_id)
+            & requests.c.status.in_(_UNFINISHED)
+            & (requests.c.processed_images >= requests.c.total_images)
+        )
 
     def _require_request(self, connection: Connection, request_id: str) -> None:
         found = connection.execute(
