@@ -1,0 +1,185 @@
+"""Run the benchmarks: ``python -m benchmarks [SCENARIO ...] [--quick]``.
+
+Each scenario measures the pipeline and its yardstick in the same run and reports the ratio, with
+the issue's goal beside it. Results go to ``benchmarks/results/latest.json`` and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import corpus, modes
+
+CACHE = Path(os.environ.get("BULKRESIZE_BENCH_CACHE", Path.home() / ".cache" / "bulkresize-bench"))
+
+
+def _check(name: str, value: float, goal: float, *, at_most: bool = False) -> dict[str, Any]:
+    met = value <= goal if at_most else value >= goal
+    return {"figure": name, "value": round(value, 3), "goal": goal, "at_most": at_most, "met": met}
+
+
+class Scenarios:
+    """The scenarios, sized by ``scale`` (1.0 is the full run, smaller is a quick look)."""
+
+    def __init__(self, scale: float, workdir: Path) -> None:
+        self.scale = scale
+        self.workdir = workdir
+        self.results: dict[str, Any] = {}
+        self.checks: list[dict[str, Any]] = []
+
+    def n(self, count: int, floor: int = 4) -> int:
+        return max(int(count * self.scale), floor)
+
+    def photos_6mp(self) -> None:
+        """6 MP photos: the codec yardstick, embedded at 0 and 100 ms origin latency."""
+        images = corpus.build(CACHE, ["6mp"])["6mp"]
+        small, large = self.n(16), self.n(96, 12)
+        yard = modes.codec(images, large)
+        fast = modes.embedded(images, small, large, workdir=self.workdir)
+        slow = modes.embedded(images, small, large, latency=0.1, workdir=self.workdir)
+        self.results["6mp"] = {"codec": yard, "embedded": fast, "embedded_100ms": slow}
+        self.checks.append(
+            _check("embedded ÷ codec, 6 MP", fast["images_per_s"] / yard["images_per_s"], 0.9)
+        )
+        self.checks.append(
+            _check(
+                "embedded at 100 ms ÷ at 0 ms, 6 MP",
+                slow["images_per_s"] / fast["images_per_s"],
+                0.9,
+            )
+        )
+
+    def distributed(self) -> None:
+        """6 MP photos through serve + 2 RQ workers, PostgreSQL, S3 (moto), against embedded."""
+        images = corpus.build(CACHE, ["6mp"])["6mp"]
+        small, large = self.n(16), self.n(96, 12)
+        local = modes.embedded(images, small, large, workdir=self.workdir)
+        fleet = modes.distributed(images, small, large, workers=2, workdir=self.workdir)
+        self.results["distributed"] = {"embedded": local, "distributed_2_workers": fleet}
+        self.checks.append(
+            _check(
+                "distributed (2 workers) ÷ embedded, 6 MP",
+                fleet["images_per_s"] / local["images_per_s"],
+                0.85,
+            )
+        )
+
+    def photos_3mp(self) -> None:
+        """300 photos of 3 MP: images/s and peak RSS, beside the codec yardstick."""
+        images = corpus.build(CACHE, ["3mp"])["3mp"]
+        small, large = self.n(30), self.n(300, 12)
+        yard = modes.codec(images, large)
+        run = modes.embedded(images, small, large, workdir=self.workdir)
+        self.results["3mp"] = {"codec": yard, "embedded": run}
+        self.checks.append(_check("images/s, 300 × 3 MP", run["images_per_s"], 75))
+        self.checks.append(
+            _check("peak RSS MB, 300 × 3 MP", run["peak_rss_mb"], 250, at_most=True)
+        )
+        self.checks.append(
+            _check("embedded ÷ codec, 3 MP", run["images_per_s"] / yard["images_per_s"], 0.9)
+        )
+
+    def tiny(self) -> None:
+        """2,000 tiny images: the pipeline against a bare threaded httpx fetch of the same."""
+        images = corpus.build(CACHE, ["tiny"])["tiny"]
+        small, large = self.n(200), self.n(2000, 40)
+        fetch = modes.fetch_only(images, large)
+        run = modes.embedded(images, small, large, workdir=self.workdir)
+        self.results["tiny"] = {"fetch_only": fetch, "embedded": run}
+        self.checks.append(
+            _check("embedded ÷ bare fetch, tiny", run["images_per_s"] / fetch["images_per_s"], 0.5)
+        )
+
+    def memory(self) -> None:
+        """Peak RSS of one request of 10,000 images."""
+        images = corpus.build(CACHE, ["tiny"])["tiny"]
+        small, large = self.n(1000, 20), self.n(10_000, 100)
+        run = modes.embedded(images, small, large, workdir=self.workdir)
+        self.results["memory"] = {"embedded": run}
+        self.checks.append(
+            _check("peak RSS MB, 10,000 images", run["peak_rss_mb"], 300, at_most=True)
+        )
+
+    def validation(self) -> None:
+        """Validating a 100,000-row CSV against a bare pandas.read_csv."""
+        result = modes.validation(self.n(100_000, 1000), self.workdir)
+        self.results["validation"] = result
+        self.checks.append(_check("validate ÷ read_csv, 100,000 rows", result["ratio"], 3.0, at_most=True))
+
+    def engines(self) -> None:
+        """Each engine alone on 6 MP photos and on the PNGs with alpha."""
+        sets = corpus.build(CACHE, ["6mp", "alpha"])
+        names = ["pillow", "vips"]
+        self.results["engines"] = {
+            name: modes.engines(images, self.n(48, 8), names) for name, images in sets.items()
+        }
+        yard = modes.codec(sets["6mp"], self.n(48, 8))
+        self.results["engines"]["codec_6mp"] = yard
+        pillow = self.results["engines"]["6mp"]["pillow"]
+        self.checks.append(
+            _check("pillow engine ÷ codec, 6 MP", pillow["images_per_s"] / yard["images_per_s"], 0.9)
+        )
+
+
+SCENARIOS: dict[str, Callable[[Scenarios], None]] = {
+    "6mp": Scenarios.photos_6mp,
+    "3mp": Scenarios.photos_3mp,
+    "tiny": Scenarios.tiny,
+    "memory": Scenarios.memory,
+    "validation": Scenarios.validation,
+    "engines": Scenarios.engines,
+    "distributed": Scenarios.distributed,
+}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The checks as a Markdown table."""
+    lines = ["| figure | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for check in report["checks"]:
+        goal = ("≤ " if check["at_most"] else "≥ ") + f"{check['goal']:g}"
+        lines.append(
+            f"| {check['figure']} | {check['value']:.2f} | {goal} | {'yes' if check['met'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the images: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    args = parser.parse_args(argv)
+    chosen = args.scenarios or list(SCENARIOS)
+    with tempfile.TemporaryDirectory(prefix="bulkresize-bench-") as tmp:
+        runner = Scenarios(0.1 if args.quick else 1.0, Path(tmp))
+        started = time.time()
+        for name in chosen:
+            print(f"… {name}", file=sys.stderr, flush=True)
+            SCENARIOS[name](runner)
+    report = {
+        "started": started,
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "quick": args.quick,
+        "scenarios": chosen,
+        "checks": runner.checks,
+        "results": runner.results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0 if all(check["met"] for check in runner.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The benchmark modes. Each returns a flat dict of figures; ratios are taken in ``__main__``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import io
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus import CorpusSet
+from benchmarks.measure import Run, differential, run_child, write_csv
+from benchmarks.origin import OriginProcess
+
+__all__ = [
+    "codec",
+    "distributed",
+    "embedded",
+    "engines",
+    "fetch_only",
+    "validation",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"p50_ms": values[0] * 1000 if values else 0.0, "p95_ms": 0.0}
+    cuts = statistics.quantiles(values, n=20)
+    return {"p50_ms": statistics.median(values) * 1000, "p95_ms": cuts[18] * 1000}
+
+
+# --- codec: the yardstick ---------------------------------------------------------------------
+
+
+def _codec_one(data: bytes, quality: int = 50) -> tuple[int, float]:
+    """Decode and re-encode one image the fast way; its output size and its seconds."""
+    from PIL import Image
+
+    started = time.perf_counter()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # before save(): otherwise Pillow 13 copies the whole image inside save()
+        # An fd-backed file: Pillow's encoder then releases the GIL (a BytesIO holds it).
+        fd = os.memfd_create("codec")
+        with open(fd, "w+b") as out:
+            im.convert("RGB").save(out, "JPEG", quality=quality)
+            size = out.tell()
+    return size, time.perf_counter() - started
+
+
+def _codec_pool_init() -> None:
+    from PIL import ImageFile
+
+    ImageFile.MAXBLOCK = 16 * 1024 * 1024
+
+
+def _codec_file(path: str) -> tuple[int, float]:
+    return _codec_one(Path(path).read_bytes())
+
+
+def codec(images: CorpusSet, count: int) -> dict[str, Any]:
+    """The fastest plain Pillow loop on all cores, in memory: threads, and a process pool.
+
+    Threads decode with a 16 MiB ``MAXBLOCK`` (decoding then releases the GIL in large chunks)
+    and save to a memfd. The pool's workers read their input themselves, so no bytes are
+    pickled. The faster of the two is the yardstick.
+    """
+    from PIL import ImageFile
+
+    files = [images.files[n % len(images.files)] for n in range(count)]
+    datas = [path.read_bytes() for path in files]
+    workers = _cpus()
+    previous = ImageFile.MAXBLOCK
+    ImageFile.MAXBLOCK = 16 * 1024 * 1024
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(_codec_one, datas[:workers]))  # warm up
+            started = time.perf_counter()
+            results = list(pool.map(_codec_one, datas))
+            thread_seconds = time.perf_counter() - started
+    finally:
+        ImageFile.MAXBLOCK = previous
+    with concurrent.futures.ProcessPoolExecutor(workers, initializer=_codec_pool_init) as procs:
+        list(procs.map(_codec_file, [str(p) for p in files[:workers]]))
+        started = time.perf_counter()
+        list(procs.map(_codec_file, [str(p) for p in files]))
+        process_seconds = time.perf_counter() - started
+    best = min(thread_seconds, process_seconds)
+    return {
+        "images": count,
+        "workers": workers,
+        "threads_images_per_s": count / thread_seconds,
+        "processes_images_per_s": count / process_seconds,
+        "images_per_s": count / best,
+        "mb_per_s": sum(len(d) for d in datas) / best / 1e6,
+        "output_bytes_mean": statistics.mean(size for size, _ in results),
+        **_percentiles([seconds for _, seconds in results]),
+    }
+
+
+# --- embedded: `bulkresize process` -----------------------------------------------------------
+
+
+def _bulkresize() -> list[str]:
+    script = Path(sys.executable).parent / "bulkresize"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bulkresize"]
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKRESIZE_")}
+    env.update(
+        {"BULKRESIZE_DATA_DIR": str(data_dir), "BULKRESIZE_ALLOW_PRIVATE_URLS": "true", **extra}
+    )
+    return env
+
+
+def _urls(origin: OriginProcess, images: CorpusSet, count: int, tag: str) -> list[str]:
+    # A query string per image: each one is its own URL, as in a real catalogue.
+    return [
+        origin.url(f"{images.files[n % len(images.files)].name}?{tag}-{n}") for n in range(count)
+    ]
+
+
+def _latencies(db: Path, arrivals: dict[str, float]) -> list[float]:
+    """Per image: from its download's arrival at the origin to its row's final update."""
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT input_url, updated_at FROM bulkresize_images").fetchall()
+    out = []
+    for url, updated_at in rows:
+        path = "/" + url.split("/", 3)[3]
+        if path in arrivals:
+            done = datetime.fromisoformat(updated_at).timestamp()
+            out.append(done - arrivals[path])
+    return out
+
+
+def embedded(
+    images: CorpusSet,
+    small: int,
+    large: int,
+    *,
+    latency: float = 0.0,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``bulkresize process`` on a CSV of ``small`` then ``large`` images; differential."""
+    runs: dict[int, Run] = {}
+    latencies: list[float] = []
+    for count in (small, large):
+        folder = Path(tempfile.mkdtemp(prefix=f"embedded-{count}-", dir=workdir))
+        log = folder / "arrivals.json"
+        with OriginProcess(images.files[0].parent, latency=latency, log=log) as origin:
+            csv = write_csv(folder / "in.csv", _urls(origin, images, count, "e"))
+            runs[count] = run_child(
+                [*_bulkresize(), "process", str(csv), "-o", str(folder / "out.csv")],
+                _env(folder / "data", **(env or {})),
+            )
+        if count == large:
+            latencies = _latencies(folder / "data" / "bulkresize.db", json.loads(log.read_text()))
+        shutil.rmtree(folder)
+    rate = differential(small, runs[small].seconds, large, runs[large].seconds)
+    mean_bytes = images.total_bytes / len(images.files)
+    return {
+        "images": large,
+        "latency_s": latency,
+        "seconds": runs[large].seconds,
+        "images_per_s": rate,
+        "mb_per_s": rate * mean_bytes / 1e6,
+        "peak_rss_mb": runs[large].peak_rss_mb,
+        "startup_s": runs[small].seconds - small / rate,
+        **_percentiles(latencies),
+    }
+
+
+# --- fetch only: a bare threaded httpx loop -----------------------------------------------------
+
+
+def fetch_only(images: CorpusSet, count: int, *, threads: int = 16) -> dict[str, Any]:
+    """The same downloads as the pipeline makes, with nothing else: threads sharing one client."""
+    import httpx
+
+    with OriginProcess(images.files[0].parent) as origin:
+        urls = _urls(origin, images, count, "f")
+        limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
+        with httpx.Client(limits=limits) as client:
+
+            def get(url: str) -> int:
+                return len(client.get(url).raise_for_status().content)
+
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                started = time.perf_counter()
+                total = sum(pool.map(get, urls))
+                seconds = time.perf_counter() - started
+    return {"images": count, "images_per_s": count / seconds, "mb_per_s": total / seconds / 1e6}
+
+
+# --- distributed: serve + N RQ workers, PostgreSQL, S3 on moto -----------------------------------
+
+
+def _topology() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "bulkresize_topology", REPO / "examples" / "distributed" / "topology.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Topology
+
+
+def _run_request(api: str, csv: Path, timeout: float = 1800) -> float:
+    import httpx
+
+    started = time.perf_counter()
+    with csv.open("rb") as body:
+        answer = httpx.post(f"{api}/v1/requests", files={"file": body}, timeout=120)
+    answer.raise_for_status()
+    status_url = f"{api}/v1/requests/{answer.json()['request_id']}"
+    while time.perf_counter() - started < timeout:
+        status = httpx.get(status_url, timeout=30).json()
+        if status["status"] in ("completed", "failed"):
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise RuntimeError(f"the request did not finish in {timeout} s")
+
+
+def distributed(
+    images: CorpusSet, small: int, large: int, *, workers: int, workdir: Path
+) -> dict[str, Any]:
+    """An upload over HTTP to ``serve``, run by ``workers`` RQ workers; differential."""
+    topology_class = _topology()
+    folder = Path(tempfile.mkdtemp(prefix="distributed-", dir=workdir))
+    seconds: dict[int, float] = {}
+    with OriginProcess(images.files[0].parent) as origin:
+        extra = {"BULKRESIZE_ALLOW_PRIVATE_URLS": "true"}
+        with topology_class(folder, extra_env=extra).start(workers=workers) as topology:
+            _run_request(topology.api_url, write_csv(folder / "warm.csv", _urls(origin, images, 4, "w")))
+            for count in (small, large):
+                csv = write_csv(folder / f"{count}.csv", _urls(origin, images, count, f"d{count}"))
+                seconds[count] = _run_request(topology.api_url, csv)
+            peaks = []
+            for worker in topology.workers:
+                worker.terminate()
+                _, _, usage = os.wait4(worker.pid, 0)
+                worker.returncode = 0
+                peaks.append(usage.ru_maxrss / 1024)
+    shutil.rmtree(folder, ignore_errors=True)
+    rate = differential(small, seconds[small], large, seconds[large])
+    return {
+        "images": large,
+        "workers": workers,
+        "images_per_s": rate,
+        "mb_per_s": rate * images.total_bytes / len(images.files) / 1e6,
+        "worker_peak_rss_mb": max(peaks),
+    }
+
+
+# --- engines alone ------------------------------------------------------------------------------
+
+
+def _ssim(reference: bytes, candidate: bytes) -> float:
+    import numpy as np
+    from PIL import Image
+    from skimage.metrics import structural_similarity
+
+    def grey(data: bytes) -> Any:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
+
+    a, b = grey(reference), grey(candidate)
+    if a.shape != b.shape:
+        return 0.0
+    return float(structural_similarity(a, b, data_range=255))
+
+
+def engines(
+    images: CorpusSet, count: int, names: Sequence[str], *, quality_check: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Each installed engine alone, on threads on all cores, on images held in memory.
+
+    Quality is judged against plain decode + encode (the codec loop): SSIM of the grey images
+    and the output size, on the first images of the set.
+    """
+    from bulkresize.engines.base import ImageEngine
+    from bulkresize.errors import BackendNotFound
+    from bulkresize.models import ImageOptions
+    from bulkresize.registry import create_backend
+
+    datas = [images.files[n % len(images.files)].read_bytes() for n in range(count)]
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            engine = create_backend("engine", name, ImageEngine)
+        except BackendNotFound as exc:
+            results[name] = {"skipped": str(exc)}
+            continue
+        options = ImageOptions()
+        timed: list[float] = []
+        lock = threading.Lock()
+
+        def run(data: bytes, engine: ImageEngine = engine) -> bytes:
+            started = time.perf_counter()
+            out = engine.process(data, options).data
+            with lock:
+                timed.append(time.perf_counter() - started)
+            return out
+
+        with concurrent.futures.ThreadPoolExecutor(_cpus()) as pool:
+            list(pool.map(run, datas[: _cpus()]))
+            timed.clear()
+            started = time.perf_counter()
+            outputs = list(pool.map(run, datas))
+            seconds = time.perf_counter() - started
+        entry: dict[str, Any] = {"images_per_s": count / seconds, **_percentiles(timed)}
+        if quality_check:
+            sample = list(range(min(len(images.files), count)))
+            refs = [_reference(datas[n]) for n in sample]
+            entry["ssim_min"] = min(_ssim(refs[n], outputs[n]) for n in sample)
+            entry["size_ratio"] = sum(len(outputs[n]) for n in sample) / sum(len(r) for r in refs)
+        engine.close()
+        results[name] = entry
+    return results
+
+
+def _reference(data: bytes) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        out = io.BytesIO()
+        im.convert("RGB").save(out, "JPEG", quality=50)
+        return out.getvalue()
+
+
+# --- validation at scale ------------------------------------------------------------------------
+
+
+def validation(rows: int, workdir: Path, repeat: int = 3) -> dict[str, Any]:
+    """The pandera validator on a ``rows``-row CSV, and a bare ``pandas.read_csv`` of it."""
+    import pandas as pd
+
+    from bulkresize.validation.pandera import PanderaValidator
+
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    for n in range(1, rows + 1):
+        urls = ",".join(f"https://img.example.com/p/{n}/{k}.jpg" for k in range(3))
+        lines.append(f'{n},Product number {n},"{urls}"')
+    path = workdir / f"validation-{rows}.csv"
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(data)
+    validator = PanderaValidator()
+
+    def best(action: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    read = best(lambda: pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False))
+    validate = best(lambda: validator.validate(data))
+    path.unlink()
+    return {"rows": rows, "read_csv_s": read, "validate_s": validate, "ratio": validate / read}
