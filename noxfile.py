@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typing", "docs"]
@@ -19,17 +21,20 @@ def _install(session: nox.Session, *args: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the whole test suite against the installed package (not the source tree)."""
     _install(session, "--group", "test", ".[all]")
-    # The example third-party plug-in: its own tests, and the e2e tests that load it.
-    session.install("./examples/storage_plugin")
-    session.run("pytest", *(session.posargs or ["tests", "examples/storage_plugin/tests"]))
+    # The first-party plug-ins (plugins/*) and the example third-party one, from the working
+    # tree: their own tests, and the e2e tests that load them.
+    plugins = sorted(str(path.parent) for path in Path("plugins").glob("*/pyproject.toml"))
+    session.install(*[f"./{path}" for path in plugins], "./examples/storage_plugin")
+    test_dirs = [f"{path}/tests" for path in plugins]
+    session.run("pytest", *(session.posargs or ["tests", "examples/storage_plugin/tests", *test_dirs]))
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff: lint and format check."""
     _install(session, "--group", "lint")
-    session.run("ruff", "check", "src", "tests", "noxfile.py", "examples")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "examples")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "examples", "plugins")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "examples", "plugins")
 
 
 @nox.session
