@@ -32,6 +32,8 @@ import csv
 import io
 import itertools
 import math
+import operator
+import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,7 +90,12 @@ _LENGTH: Final = "bulkresize.url_length"
 # One match per comma-separated entry that holds something besides whitespace; \s is exactly
 # what str.strip() removes, so this counts what _split_urls keeps.
 _URL_ENTRY: Final = r"(?:^|,)\s*[^,\s]"
-_NOT_A_SEPARATOR: Final = r"[^,\s]"
+# The URL checks run as one regex scan over all the values joined by NUL (see _scan). NUL never
+# occurs in a validated file (_decode refuses it), so the patterns keep it out of their
+# character classes and read it, without consuming it, as the end of a value, like \Z.
+_END: Final = r"(?:(?=\x00)|\Z)"
+# A cell with no URL at all: only commas and whitespace up to its end.
+_NO_URL: Final = rf"[,\s]*{_END}"
 _HTTP_SCHEME: Final = r"(?i:https?):"
 # Accepted with allow_local_files: http(s), file, or no scheme at all (a path). A scheme has two
 # letters at least here, so that a Windows drive (C:\x) reads as a path.
@@ -97,10 +104,12 @@ _HTTP_OR_LOCAL: Final = r"(?i:https?:|file:)|(?![A-Za-z][A-Za-z0-9+.\-]+:)"
 _HOST_IF_HTTP: Final = (
     r"(?!(?i:https?):)"
     r"|(?i:https?)://"
-    r"(?:[^/?#@\s]*@)?"
-    r"(?:\[[0-9A-Za-z:.%]+\]|[^/?#@\s:\[\]]+)"
-    r"(?::[0-9]*)?(?:[/?#]|\Z)"
+    r"(?:[^/?#@\s\x00]*@)?"
+    r"(?:\[[0-9A-Za-z:.%]+\]|[^/?#@\s:\[\]\x00]+)"
+    rf"(?::[0-9]*)?(?:[/?#]|{_END})"
 )
+# The common case of _HOST_IF_HTTP (no user info, no port, no IPv6), 2.5× cheaper to match.
+_PLAIN_HOST: Final = rf"[hH][tT][tT][pP][sS]?://[^/?#@\s:\[\]\x00]+(?:[/?#]|{_END})"
 
 _SHORT_VALUE: Final = 60
 
@@ -213,7 +222,7 @@ class PanderaValidator(Validator):
         maximum = self.max_urls_per_row
 
         def has_a_url(cells: pd.Series[str]) -> pd.Series[bool]:
-            return cells.str.contains(_NOT_A_SEPARATOR)  # so at least one non-empty entry
+            return ~_scan(cells, _NO_URL)  # so at least one non-empty entry
 
         def has_few_enough_urls(cells: pd.Series[str]) -> pd.Series[bool]:
             # More than `maximum` URLs take 2 * maximum + 1 characters and `maximum` commas at
@@ -261,15 +270,14 @@ class PanderaValidator(Validator):
         accepted = _HTTP_OR_LOCAL if allow_local_files else _HTTP_SCHEME
 
         def source_is_allowed(urls: pd.Series[str]) -> pd.Series[bool]:
-            # A plain prefix test settles almost every URL; the regex looks at the rest.
-            allowed = urls.str.startswith(("http://", "https://"))
-            others = ~allowed
-            if others.any():
-                allowed[others] = urls[others].str.match(accepted)
-            return allowed
+            return ~_scan(urls, f"(?!{accepted})")
 
         def has_host_if_http(urls: pd.Series[str]) -> pd.Series[bool]:
-            return urls.str.match(_HOST_IF_HTTP)
+            # A cheap pattern settles almost every URL; the full one looks at the rest.
+            fine = ~_scan(urls, f"(?!{_PLAIN_HOST})")
+            if not fine.all():
+                fine[~fine] = urls[~fine].str.match(_HOST_IF_HTTP)
+            return fine
 
         def is_short_enough(urls: pd.Series[str]) -> pd.Series[bool]:
             return urls.str.len() <= longest
@@ -343,7 +351,7 @@ class PanderaValidator(Validator):
         url_index = header.canonical_index.get(URLS)
         url_lists: list[tuple[str, ...]] = []
         if url_index is not None:
-            url_lists = [_split_urls(record[url_index]) for record in good]
+            url_lists = _split_all(map(operator.itemgetter(url_index), good))
             urls, where, position = _url_frame(url_lists, row_numbers)
             schema = self.url_schema(allow_local_files=allow_local_files)
             located.extend(self._check(schema, urls, header, where, position))
@@ -484,9 +492,13 @@ def _row_frame(
     index = pd.Index(row_numbers, dtype="int64")
     frame: dict[str, pd.Series[str]] = {}
     for position, name in enumerate(header.internal):
-        # Trimming while building the column is several times faster than .str.strip().
-        cells = [record[position].strip() or None for record in records]
-        frame[name] = pd.Series(cells, index=index, dtype="str")
+        # map() keeps the loop in C: several times faster than .str.strip() or a comprehension.
+        cells = pd.Series(
+            list(map(str.strip, map(operator.itemgetter(position), records))),
+            index=index,
+            dtype="str",
+        )
+        frame[name] = cells.where(cells != "")
     return pd.DataFrame(frame, index=index)
 
 
@@ -521,8 +533,35 @@ def _split_urls(cell: str) -> tuple[str, ...]:
     return tuple(filter(None, map(str.strip, cell.split(","))))
 
 
+def _split_all(cells: Iterable[str]) -> list[tuple[str, ...]]:
+    """``_split_urls`` of every cell, with the loops in C (map and filter, no comprehension)."""
+    pieces = map(str.split, cells, itertools.repeat(","))
+    trimmed = map(map, itertools.repeat(str.strip), pieces)
+    return list(map(tuple, map(filter, itertools.repeat(None), trimmed)))
+
+
 def _count_urls(cells: pd.Series[str]) -> pd.Series[int]:
     return cells.str.count(_URL_ENTRY)
+
+
+def _scan(values: pd.Series[str], pattern: str) -> pd.Series[bool]:
+    """Which values ``pattern`` matches at their start, in one scan of them all.
+
+    The same answer as ``values.str.match(pattern)``, but the regex engine walks one string
+    of every value joined by NUL, instead of Python calling it once per value: 8× faster on
+    300,000 URLs. ``pattern`` must keep NUL out of what it consumes (see ``_END``).
+    """
+    texts = values.tolist()
+    if not texts:
+        return pd.Series(np.zeros(0, dtype=bool), index=values.index)
+    joined = "\x00" + "\x00".join(texts)
+    hits = [match.start() + 1 for match in re.finditer(f"\x00(?:{pattern})", joined)]
+    found = np.zeros(len(texts), dtype=bool)
+    if hits:
+        # Value i starts just after the i-th NUL: find each hit among those starts.
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        found[np.searchsorted(np.cumsum(lengths + 1) - lengths, hits)] = True
+    return pd.Series(found, index=values.index)
 
 
 def _url_frame(

@@ -1,0 +1,68 @@
+"""The one-pass URL checks give the same answers as matching each value on its own."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkresize.validation import pandera as module
+
+# Values like URLs, and their near misses: schemes, user info, ports, brackets, blanks.
+_PIECES = st.sampled_from(
+    [
+        "http",
+        "https",
+        "HTTP",
+        "file",
+        "ftp",
+        ":",
+        "//",
+        "/",
+        "@",
+        "[",
+        "]",
+        "::1",
+        "?",
+        "#",
+        ",",
+        " ",
+        "\t",
+        "a",
+        "b.c",
+        "80",
+        "C:",
+        "\\",
+        "é",
+        "\u2003",
+    ]
+)
+_VALUES = st.lists(st.lists(_PIECES, max_size=8).map("".join), max_size=30)
+_PATTERNS = {
+    "host": module._HOST_IF_HTTP,
+    "plain host": module._PLAIN_HOST,
+    "scheme": module._HTTP_SCHEME,
+    "source": module._HTTP_OR_LOCAL,
+    "no url": module._NO_URL,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_PATTERNS))
+@settings(max_examples=300)
+@given(values=_VALUES)
+def test_scan_agrees_with_matching_each_value(name: str, values: list[str]) -> None:
+    pattern = _PATTERNS[name]
+    series = pd.Series(values, dtype="str", index=range(10, 10 + len(values)))
+    expected = [re.match(pattern, value) is not None for value in values]
+    found = module._scan(series, pattern)
+    assert found.tolist() == expected
+    assert found.index.equals(series.index)
+
+
+def test_the_plain_host_pattern_accepts_only_what_the_full_one_accepts() -> None:
+    for value in ["http://a/", "https://b.c:80/x", "http://u@h/", "http://[::1]/", "http:///x"]:
+        if re.match(module._PLAIN_HOST, value):
+            assert re.match(module._HOST_IF_HTTP, value), value
