@@ -11,6 +11,14 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 
 
+_LINTED = ("src", "tests", "noxfile.py", "examples", "plugins", "benchmarks")
+
+
+def _plugins() -> list[str]:
+    """The first-party plug-in distributions under plugins/, as pip paths."""
+    return sorted(f"./{path.parent}" for path in Path("plugins").glob("*/pyproject.toml"))
+
+
 def _install(session: nox.Session, *args: str) -> None:
     # Dependency groups need pip >= 25.1; the venv's bundled pip may be older.
     session.install("--upgrade", "pip")
@@ -23,18 +31,20 @@ def tests(session: nox.Session) -> None:
     _install(session, "--group", "test", ".[all]")
     # The first-party plug-ins (plugins/*) and the example third-party one, from the working
     # tree: their own tests, and the e2e tests that load them.
-    plugins = sorted(str(path.parent) for path in Path("plugins").glob("*/pyproject.toml"))
-    session.install(*[f"./{path}" for path in plugins], "./examples/storage_plugin")
+    plugins = _plugins()
+    session.install(*plugins, "./examples/storage_plugin")
     test_dirs = [f"{path}/tests" for path in plugins]
-    session.run("pytest", *(session.posargs or ["tests", "examples/storage_plugin/tests", *test_dirs]))
+    session.run(
+        "pytest", *(session.posargs or ["tests", "examples/storage_plugin/tests", *test_dirs])
+    )
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff: lint and format check."""
     _install(session, "--group", "lint")
-    session.run("ruff", "check", "src", "tests", "noxfile.py", "examples", "plugins")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "examples", "plugins")
+    session.run("ruff", "check", *_LINTED)
+    session.run("ruff", "format", "--check", *_LINTED)
 
 
 @nox.session
@@ -49,3 +59,10 @@ def docs(session: nox.Session) -> None:
     """Build the docs strictly: a broken link or a page missing from the nav fails."""
     _install(session, "--group", "docs")
     session.run("mkdocs", "build", "--strict", "--site-dir", str(session.create_tmp() + "/site"))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark harness (not run by default): ``nox -s bench -- 6mp --quick``."""
+    _install(session, "--group", "bench", ".[all]", *_plugins())
+    session.run("python", "-m", "benchmarks", *session.posargs)

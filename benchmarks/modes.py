@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "embedded",
     "engines",
     "fetch_only",
+    "simplejpeg_loop",
     "validation",
 ]
 
@@ -217,7 +219,8 @@ def _topology() -> Any:
     spec = importlib.util.spec_from_file_location(
         "bulkresize_topology", REPO / "examples" / "distributed" / "topology.py"
     )
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.Topology
@@ -249,7 +252,9 @@ def distributed(
     with OriginProcess(images.files[0].parent) as origin:
         extra = {"BULKRESIZE_ALLOW_PRIVATE_URLS": "true"}
         with topology_class(folder, extra_env=extra).start(workers=workers) as topology:
-            _run_request(topology.api_url, write_csv(folder / "warm.csv", _urls(origin, images, 4, "w")))
+            _run_request(
+                topology.api_url, write_csv(folder / "warm.csv", _urls(origin, images, 4, "w"))
+            )
             for count in (small, large):
                 csv = write_csv(folder / f"{count}.csv", _urls(origin, images, count, f"d{count}"))
                 seconds[count] = _run_request(topology.api_url, csv)
@@ -308,23 +313,7 @@ def engines(
         except BackendNotFound as exc:
             results[name] = {"skipped": str(exc)}
             continue
-        options = ImageOptions()
-        timed: list[float] = []
-        lock = threading.Lock()
-
-        def run(data: bytes, engine: ImageEngine = engine) -> bytes:
-            started = time.perf_counter()
-            out = engine.process(data, options).data
-            with lock:
-                timed.append(time.perf_counter() - started)
-            return out
-
-        with concurrent.futures.ThreadPoolExecutor(_cpus()) as pool:
-            list(pool.map(run, datas[: _cpus()]))
-            timed.clear()
-            started = time.perf_counter()
-            outputs = list(pool.map(run, datas))
-            seconds = time.perf_counter() - started
+        outputs, seconds, timed = _time_engine(engine, datas, ImageOptions())
         entry: dict[str, Any] = {"images_per_s": count / seconds, **_percentiles(timed)}
         if quality_check:
             sample = list(range(min(len(images.files), count)))
@@ -336,11 +325,73 @@ def engines(
     return results
 
 
+def _time_engine(
+    engine: Any, datas: Sequence[bytes], options: Any
+) -> tuple[list[bytes], float, list[float]]:
+    """Run an engine on threads, one per core: outputs, total seconds, per-image seconds."""
+    timed: list[float] = []
+    lock = threading.Lock()
+
+    def run(data: bytes) -> bytes:
+        started = time.perf_counter()
+        out: bytes = engine.process(data, options).data
+        with lock:
+            timed.append(time.perf_counter() - started)
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(_cpus()) as pool:
+        list(pool.map(run, datas[: _cpus()]))  # warm up
+        timed.clear()
+        started = time.perf_counter()
+        outputs = list(pool.map(run, datas))
+        seconds = time.perf_counter() - started
+    return outputs, seconds, timed
+
+
+def simplejpeg_loop(images: CorpusSet, count: int) -> dict[str, Any]:
+    """simplejpeg (libjpeg-turbo with its fast paths) decoding and re-encoding JPEGs at q50.
+
+    Not an engine (no orientation, colour management or limits): a measure of how far a
+    leaner libjpeg-turbo binding gets past Pillow on the same images.
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        return {"skipped": "simplejpeg is not installed (pip install simplejpeg)"}
+    datas = [images.files[n % len(images.files)].read_bytes() for n in range(count)]
+
+    class _Loop:
+        def process(self, data: bytes, options: Any) -> Any:
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
+            return _Bytes(simplejpeg.encode_jpeg(pixels, quality=50, colorspace="RGB"))
+
+    outputs, seconds, timed = _time_engine(_Loop(), datas, None)
+    sample = range(min(len(images.files), count))
+    refs = [_reference(datas[n]) for n in sample]
+    return {
+        "images_per_s": count / seconds,
+        **_percentiles(timed),
+        "ssim_min": min(_ssim(refs[n], outputs[n]) for n in sample),
+        "size_ratio": sum(len(outputs[n]) for n in sample) / sum(len(r) for r in refs),
+    }
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    data: bytes
+
+
 def _reference(data: bytes) -> bytes:
+    """Plain decode + encode at quality 50; transparency flattened onto white, as DESIGN §3."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGB", im.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            im = flat
         out = io.BytesIO()
         im.convert("RGB").save(out, "JPEG", quality=50)
         return out.getvalue()

@@ -26,7 +26,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     arrivals: dict[str, float] = {}
     latency = 0.0
 
-    def do_GET(self) -> None:  # noqa: N802  # http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         self.arrivals[self.path] = time.time()  # for per-image latency: arrival → stored
         body = self.files.get(self.path.split("?", 1)[0])
         if self.latency:
@@ -35,12 +35,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg" if self.path.endswith(".jpg") else "image/png")
+        self.send_header(
+            "Content-Type", "image/jpeg" if self.path.endswith(".jpg") else "image/png"
+        )
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: a benchmark's origin logs nothing."""
 
 
@@ -69,7 +71,14 @@ class OriginProcess:
     """Starts the origin in a child process; ``url(name)`` addresses a file of the folder."""
 
     def __init__(self, folder: Path, latency: float = 0.0, log: Path | None = None) -> None:
-        command = [sys.executable, "-m", "benchmarks.origin", str(folder), "--latency", str(latency)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.origin",
+            str(folder),
+            "--latency",
+            str(latency),
+        ]
         self._process = subprocess.Popen(
             [*command, *(["--log", str(log)] if log else [])],
             stdin=subprocess.PIPE,
