@@ -29,6 +29,7 @@ __all__ = [
     "InvalidOption",
     "NotAnImage",
     "ObjectNotFound",
+    "ProcessingTimeout",
     "QueueError",
     "RepositoryError",
     "RequestNotFinal",
@@ -178,3 +179,9 @@ class DecodeError(ImageError):
     """The bytes look like an image but cannot be decoded (truncated, corrupt)."""
 
     code = "decode_error"
+
+
+class ProcessingTimeout(ImageError):
+    """Decoding and encoding took longer than ``image_timeout``."""
+
+    code = "processing_timeout"

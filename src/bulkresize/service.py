@@ -26,6 +26,7 @@ from bulkresize.errors import (
     ConfigurationError,
     ImageError,
     InvalidCallbackURL,
+    ProcessingTimeout,
     RequestNotFinal,
     RequestNotFound,
     StorageError,
@@ -33,6 +34,7 @@ from bulkresize.errors import (
 from bulkresize.fetching import Fetcher
 from bulkresize.models import (
     Catalogue,
+    EncodedImage,
     Image,
     ImageOptions,
     ImageOutcome,
@@ -434,7 +436,7 @@ class Pipeline:
         try:
             fetched = self.fetcher.fetch(source_url, allow_files=source_url.startswith("file:"))
             bytes_in = len(fetched.data)
-            encoded = self._encoder.submit(self.engine.process, fetched.data, options).result()
+            encoded = self._encode(fetched.data, options)
             key = _Keys(request_id).image(row, position, encoded.extension)
             self._put_with_retries(key, encoded.data, encoded.content_type)
         except ImageError as exc:
@@ -459,6 +461,22 @@ class Pipeline:
         return ImageOutcome(
             ImageStatus.DONE, output_key=key, bytes_in=bytes_in, bytes_out=len(encoded.data)
         )
+
+    def _encode(self, data: bytes, options: ImageOptions) -> EncodedImage:
+        """Decode and re-encode on the encode pool, waiting at most ``image_timeout``."""
+        future = self._encoder.submit(self.engine.process, data, options)
+        try:
+            return future.result(timeout=self.settings.image_timeout)
+        except concurrent.futures.TimeoutError:
+            # A thread inside a C decoder cannot be stopped: it keeps its encode slot until the
+            # call returns, and its result is dropped. The image, and its job, end now.
+            future.cancel()
+            logger.warning(
+                "an image took more than %s s to decode and encode", self.settings.image_timeout
+            )
+            raise ProcessingTimeout(
+                f"decoding and encoding took longer than {self.settings.image_timeout:g} s"
+            ) from None
 
     def _put_with_retries(self, key: str, data: bytes, content_type: str) -> None:
         for attempt in range(1, _STORAGE_ATTEMPTS + 1):

@@ -61,6 +61,8 @@ class Settings:
         max_image_pixels: Most pixels in an image, checked before decoding.
         download_concurrency: Downloads in flight at once in one process.
         encode_workers: Threads that decode and encode; default: the number of CPUs.
+        image_timeout: Seconds one image may take to decode and encode before it fails with
+            ``processing_timeout``.
         neutralize_formulas: Prefix output cells that a spreadsheet would run as formulas.
         sweep_interval: Seconds between two sweeps for lost jobs in a long-running process.
     """
@@ -97,6 +99,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     download_concurrency: int = 16
     encode_workers: int | None = None
+    image_timeout: float = 60.0
     neutralize_formulas: bool = True
     sweep_interval: float = 30.0
 
@@ -118,6 +121,8 @@ class Settings:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigurationError("encode_workers must be at least 1")
+        if self.image_timeout <= 0:
+            raise ConfigurationError("image_timeout must be more than 0")
 
     @property
     def image_options(self) -> ImageOptions:
@@ -205,6 +210,7 @@ _FLOATS = {
     "webhook_backoff",
     "webhook_backoff_max",
     "sweep_interval",
+    "image_timeout",
 }
 _BOOLS = {"allow_private_urls", "neutralize_formulas"}
 _TRUE = {"1", "true", "yes", "on"}

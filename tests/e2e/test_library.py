@@ -251,3 +251,42 @@ def test_exactly_one_finalizer_writes_the_output_csv(origin: Origin, settings: S
         assert wins.count(True) == 1
         assert CountingStorage.csv_writes == 1
         assert pipeline.status(request.id).status is RequestStatus.FAILED
+
+
+def test_an_image_that_takes_too_long_to_encode_fails_alone(
+    origin: Origin, settings: Settings
+) -> None:
+    from bulkresize.engines.pillow import PillowEngine
+    from bulkresize.models import EncodedImage, ImageOptions
+
+    release = threading.Event()
+
+    class StuckOnOne(PillowEngine):
+        """Hangs on 1×1 images, as a decoder would on a pathological file."""
+
+        def process(self, data: bytes, options: ImageOptions) -> EncodedImage:
+            if Image.open(io.BytesIO(data)).size == (1, 1):
+                release.wait(30)
+            return super().process(data, options)
+
+    stuck = origin.add("/stuck.png", encode(photo(1, 1), "PNG"))
+    fine = [origin.add(f"/f{n}.jpg", encode(photo(seed=n), "JPEG")) for n in range(4)]
+    data = f'S. No.,Product Name,Input Image Urls\n1,A,"{",".join([stuck, *fine])}"\n'.encode()
+    limited = settings.replace(image_timeout=1.0, encode_workers=2)
+    try:
+        with bulkresize.Pipeline.from_settings(limited, engine=StuckOnOne()) as pipeline:
+            pipeline.start()
+            started = time.monotonic()
+            report = pipeline.wait(pipeline.submit(data).id, timeout=20)
+            elapsed = time.monotonic() - started
+            images = pipeline.images(report.request_id)
+            release.set()  # let the stuck thread go, so close() can join the pool
+    finally:
+        release.set()
+    assert report.status is RequestStatus.COMPLETED
+    assert [(i.status, i.error) for i in images] == [
+        (ImageStatus.FAILED, "processing_timeout"),
+        *[(ImageStatus.DONE, None)] * 4,
+    ]
+    assert "longer than 1 s" in (images[0].error_message or "")
+    assert elapsed < 10

@@ -552,16 +552,16 @@ def _scan(values: pd.Series[str], pattern: str) -> pd.Series[bool]:
     300,000 URLs. ``pattern`` must keep NUL out of what it consumes (see ``_END``).
     """
     texts = values.tolist()
+    found = np.zeros(len(texts), dtype=bool)
     if not texts:
-        return pd.Series(np.zeros(0, dtype=bool), index=values.index)
+        return pd.Series(found, index=values.index, dtype=bool)
     joined = "\x00" + "\x00".join(texts)
     hits = [match.start() + 1 for match in re.finditer(f"\x00(?:{pattern})", joined)]
-    found = np.zeros(len(texts), dtype=bool)
     if hits:
         # Value i starts just after the i-th NUL: find each hit among those starts.
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         found[np.searchsorted(np.cumsum(lengths + 1) - lengths, hits)] = True
-    return pd.Series(found, index=values.index)
+    return pd.Series(found, index=values.index, dtype=bool)
 
 
 def _url_frame(
