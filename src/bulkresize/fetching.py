@@ -729,6 +729,7 @@ class Fetcher:
         """
         return cls(
             allow_private_urls=settings.allow_private_urls,
+            allowed_hosts=settings.allowed_hosts,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             total_timeout=settings.fetch_timeout,

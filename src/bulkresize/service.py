@@ -365,7 +365,11 @@ class Pipeline:
                 "cannot be delivered"
             )
         try:
-            check_callback_url(url, allow_private_urls=self.settings.allow_private_urls)
+            check_callback_url(
+                url,
+                allow_private_urls=self.settings.allow_private_urls,
+                allowed_hosts=self.settings.allowed_hosts,
+            )
         except BlockedURL as exc:
             raise InvalidCallbackURL(f"callback_url: {exc}", url=url) from None
 

@@ -48,6 +48,8 @@ class Settings:
         webhook_backoff_max: The longest wait between two webhook attempts.
         api_keys: API keys accepted by the HTTP service; empty means no authentication.
         allow_private_urls: Lift the SSRF guard (local development and tests only).
+        allowed_hosts: Host names (or IP literals) that image and webhook URLs may reach even
+            when they resolve to a private address, e.g. an internal image server.
         connect_timeout: Seconds to connect to an origin.
         read_timeout: Seconds allowed between two reads of a download.
         fetch_timeout: Seconds for a whole download.
@@ -86,6 +88,7 @@ class Settings:
     webhook_backoff_max: float = 3600.0
     api_keys: tuple[str, ...] = ()
     allow_private_urls: bool = False
+    allowed_hosts: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     fetch_timeout: float = 30.0
@@ -228,8 +231,8 @@ def _convert(variable: str, name: str, raw: str) -> Any:
         if not isinstance(options, dict):
             raise ConfigurationError(f"{variable} must be a JSON object")
         return options
-    if name == "api_keys":
-        return tuple(key.strip() for key in raw.split(",") if key.strip())
+    if name in ("api_keys", "allowed_hosts"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     if name == "format":
         return raw.lower()
     if name in _BOOLS:

@@ -456,7 +456,8 @@ class WebhookSender:
         """Build a sender from a deployment's settings.
 
         Args:
-            settings: Uses ``webhook_secret``, ``webhook_timeout`` and ``allow_private_urls``.
+            settings: Uses ``webhook_secret``, ``webhook_timeout``, ``allow_private_urls`` and
+                ``allowed_hosts``.
 
         Returns:
             A sender; close it when done.
@@ -468,6 +469,7 @@ class WebhookSender:
             secret=settings.webhook_secret,
             timeout=settings.webhook_timeout,
             allow_private_urls=settings.allow_private_urls,
+            allowed_hosts=settings.allowed_hosts,
         )
 
     @property

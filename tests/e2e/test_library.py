@@ -290,3 +290,21 @@ def test_an_image_that_takes_too_long_to_encode_fails_alone(
     ]
     assert "longer than 1 s" in (images[0].error_message or "")
     assert elapsed < 10
+
+
+def test_allowed_hosts_open_the_guard_for_those_hosts_only(
+    origin: Origin, settings: Settings
+) -> None:
+    picture = encode(photo(), "JPEG")
+    named = origin.add("/a.jpg", picture).replace("127.0.0.1", "localhost")
+    literal = origin.add("/b.jpg", picture)
+    data = f'S. No.,Product Name,Input Image Urls\n1,A,"{named},{literal}"\n'.encode()
+    guarded = settings.replace(allow_private_urls=False, allowed_hosts=("LOCALHOST",))
+    report = bulkresize.process_csv(io.BytesIO(data), settings=guarded)
+    with bulkresize.Pipeline.from_settings(guarded) as pipeline:
+        images = pipeline.images(report.request_id)
+    assert [(i.status, i.error) for i in images] == [
+        (ImageStatus.DONE, None),
+        (ImageStatus.FAILED, "blocked_url"),
+    ]
+    assert origin.hits("/b.jpg") == 0

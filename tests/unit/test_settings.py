@@ -45,6 +45,7 @@ def test_environment_variables_are_read_and_converted(tmp_path: Path) -> None:
             "BULKRESIZE_FORMAT": "WEBP",
             "BULKRESIZE_ALLOW_PRIVATE_URLS": "yes",
             "BULKRESIZE_API_KEYS": "a, b,,c",
+            "BULKRESIZE_ALLOWED_HOSTS": "images.internal , 10.0.0.7,",
             "BULKRESIZE_FETCH_TIMEOUT": "2.5",
             "BULKRESIZE_MAX_ROWS": "1_000",
             "UNRELATED": "x",
@@ -57,6 +58,7 @@ def test_environment_variables_are_read_and_converted(tmp_path: Path) -> None:
     assert settings.image_options == ImageOptions(quality=70, format="webp")
     assert settings.allow_private_urls is True
     assert settings.api_keys == ("a", "b", "c")
+    assert settings.allowed_hosts == ("images.internal", "10.0.0.7")
     assert settings.fetch_timeout == 2.5
     assert settings.max_rows == 1000
 
