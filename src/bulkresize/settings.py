@@ -16,7 +16,7 @@ from typing import Any
 from bulkresize.errors import ConfigurationError, InvalidOption
 from bulkresize.models import ImageOptions
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "Settings", "parse_rate_limit"]
 
 ENV_PREFIX = "BULKRESIZE_"
 
@@ -47,6 +47,9 @@ class Settings:
         webhook_backoff: Seconds before the first webhook retry; doubled each time, with jitter.
         webhook_backoff_max: The longest wait between two webhook attempts.
         api_keys: API keys accepted by the HTTP service; empty means no authentication.
+        rate_limit: Requests allowed per API key (per client address when keys are off) on the
+            API routes, as ``N/unit`` with unit ``second``, ``minute``, ``hour`` or ``day``;
+            ``None``: no limit.
         allow_private_urls: Lift the SSRF guard (local development and tests only).
         allowed_hosts: Host names (or IP literals) that image and webhook URLs may reach even
             when they resolve to a private address, e.g. an internal image server.
@@ -87,6 +90,7 @@ class Settings:
     webhook_backoff: float = 2.0
     webhook_backoff_max: float = 3600.0
     api_keys: tuple[str, ...] = ()
+    rate_limit: str | None = None
     allow_private_urls: bool = False
     allowed_hosts: tuple[str, ...] = ()
     connect_timeout: float = 5.0
@@ -126,6 +130,8 @@ class Settings:
             raise ConfigurationError("encode_workers must be at least 1")
         if self.image_timeout <= 0:
             raise ConfigurationError("image_timeout must be more than 0")
+        if self.rate_limit is not None:
+            parse_rate_limit(self.rate_limit)
 
     @property
     def image_options(self) -> ImageOptions:
@@ -187,6 +193,29 @@ class Settings:
             values[spec.name] = _convert(name, spec.name, raw.strip())
         values.update(overrides)
         return cls(**values)
+
+
+_RATE_UNITS = ("second", "minute", "hour", "day")
+
+
+def parse_rate_limit(text: str) -> tuple[str, int]:
+    """``"120/minute"`` → ``("minute", 120)``; plural units and spaces are accepted.
+
+    Raises:
+        ConfigurationError: The text is not ``N/unit`` with N at least 1.
+    """
+    count, _, unit = text.partition("/")
+    unit = unit.strip().lower().removesuffix("s")
+    try:
+        number = int(count.strip())
+    except ValueError:
+        number = 0
+    if number < 1 or unit not in _RATE_UNITS:
+        raise ConfigurationError(
+            f"rate_limit must look like 120/minute (a count, then second, minute, hour or day),"
+            f" not {text!r}"
+        )
+    return unit, number
 
 
 _INTS = {

@@ -232,6 +232,34 @@ def test_api_keys_guard_the_api_and_keep_requests_private(
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
+def test_the_rate_limit_counts_per_key_and_spares_health_checks(
+    settings: Settings, make_client: Callable[..., TestClient[Litestar]]
+) -> None:
+    client = make_client(settings.replace(api_keys=("key-one", "key-two"), rate_limit="3/minute"))
+    one, two = {"X-API-Key": "key-one"}, {"Authorization": "Bearer key-two"}
+    path = "/v1/requests/" + "0" * 32
+    assert [client.get(path, headers=one).status_code for _ in range(3)] == [404] * 3
+    limited = client.get(path, headers=one)
+    assert limited.status_code == 429
+    assert set(limited.json()) == ERROR_KEYS
+    assert limited.headers["ratelimit-reset"], limited.headers
+    assert client.get(path, headers=two).status_code == 404  # another key has its own count
+    # Wrong keys count against the client's address, not against a real key.
+    assert [client.get(path, headers={"X-API-Key": "x"}).status_code for _ in range(4)] == [
+        401,
+        401,
+        401,
+        429,
+    ]
+    assert client.get(path, headers=two).status_code == 404
+    assert [client.get("/healthz").status_code for _ in range(5)] == [200] * 5
+
+
+def test_a_malformed_rate_limit_is_a_configuration_error() -> None:
+    with pytest.raises(BulkResizeError, match="120/minute"):
+        Settings(rate_limit="lots")
+
+
 # -- the plug-in in an app of one's own --------------------------------------------------------
 
 

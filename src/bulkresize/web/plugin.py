@@ -10,16 +10,21 @@ import anyio
 from litestar import Router
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import InitPlugin
 
 from bulkresize.service import Pipeline
-from bulkresize.settings import Settings
+from bulkresize.settings import Settings, parse_rate_limit
 from bulkresize.web.errors import exception_handlers
 from bulkresize.web.routes import (
     API_ROUTES,
     PIPELINE_STATE_KEY,
     PUBLIC_ROUTES,
+    AnyRequest,
+    owner_of,
+    presented_key,
     provide_owner,
     provide_pipeline,
 )
@@ -105,6 +110,7 @@ class BulkResizePlugin(InitPlugin):
         api = Router(
             path=self.path,
             route_handlers=list(API_ROUTES),
+            middleware=self._rate_limit(),
             dependencies={"owner": Provide(provide_owner, sync_to_thread=False)},
             exception_handlers=handlers,
             # Litestar stops a larger body while it streams, before it is read.
@@ -125,6 +131,30 @@ class BulkResizePlugin(InitPlugin):
             )
             config.components = [*existing, Components(security_schemes=dict(_SECURITY_SCHEMES))]
         return app_config
+
+    def _rate_limit(self) -> list[DefineMiddleware]:
+        """Litestar's rate limiter on the API routes, per caller, when a limit is set.
+
+        The caller is the hash of a valid API key, else the client address, so a wrong key
+        spends its address's allowance, not a real key's. Counts live in the app's
+        ``rate_limit`` store, in memory by default: one count per API process.
+        """
+        if self.settings.rate_limit is None:
+            return []
+        keys = self.settings.api_keys
+
+        def caller(request: AnyRequest) -> str:
+            presented = presented_key(request) if keys else None
+            owner = owner_of(presented, keys) if presented else None
+            if owner is not None:
+                return owner
+            return f"address:{request.client.host if request.client else 'unknown'}"
+
+        config = RateLimitConfig(
+            rate_limit=parse_rate_limit(self.settings.rate_limit),  # type: ignore[arg-type]
+            identifier_for_request=caller,
+        )
+        return [config.middleware]
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:

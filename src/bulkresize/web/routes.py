@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import mimetypes
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -137,21 +137,38 @@ def provide_owner(request: AnyRequest, pipeline: PipelineDependency) -> str | No
     if not keys:
         return None
     challenge = {"WWW-Authenticate": 'Bearer realm="bulkresize"'}
-    presented = request.headers.get("x-api-key")
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if presented is None and scheme.lower() == "bearer":
-        presented = token.strip()
+    presented = presented_key(request)
     if not presented:
         raise NotAuthorizedException(
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers=challenge,
         )
+    owner = owner_of(presented, keys)
+    if owner is None:
+        raise NotAuthorizedException("wrong API key", headers=challenge)
+    return owner
+
+
+def presented_key(request: AnyRequest) -> str | None:
+    """The API key a request carries, from ``X-API-Key`` or ``Authorization: Bearer``."""
+    presented = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if presented is None and scheme.lower() == "bearer":
+        presented = token.strip()
+    return presented or None
+
+
+def owner_of(presented: str, keys: Sequence[str]) -> str | None:
+    """``sha256:<hex>`` of the key if it is one of ``keys``, else ``None``.
+
+    Compares against every key, so the time taken does not tell which one nearly matched. The
+    hash, never the key, is what is stored and logged.
+    """
     given = presented.encode()
-    # Compare against every key, so the time taken does not tell which one nearly matched.
     matches = [hmac.compare_digest(given, key.encode()) for key in keys]
     if not any(matches):
-        raise NotAuthorizedException("wrong API key", headers=challenge)
+        return None
     return "sha256:" + hashlib.sha256(given).hexdigest()
 
 
