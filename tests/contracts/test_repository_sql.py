@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from bulkresize.errors import RepositoryError
 from bulkresize.repositories import Repository
 from bulkresize.repositories.sql import SQLRepository
 from bulkresize.testing import RepositoryContract, WebhookOutboxContract
@@ -92,3 +93,19 @@ def test_an_older_schema_gains_the_new_columns(tmp_path: Path) -> None:
         assert repository.get_request(request.id).webhook is not None
     finally:
         repository.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app:s3cret-pw@127.0.0.1:port/db",
+        "postgresql+psycopg://app:s3cret@pw@127.0.0.1:x/db",
+        "postgresql+psycopg://app:s3cret-pw@127.0.0.1:1/db",
+        "postgresql+psycopg://app:s3cret-pw@127.0.0.1:5432/no_such_db_here",
+    ],
+)
+def test_database_errors_never_carry_the_password(url: str) -> None:
+    with pytest.raises(RepositoryError) as caught:
+        SQLRepository.from_url(url).get_request("x")
+    assert "s3cret" not in str(caught.value)
+    assert "pw@" not in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -148,8 +149,10 @@ class SQLRepository(Repository, WebhookOutbox):
         """
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise RepositoryError(f"invalid database URL: {exc}") from None
+            parsed.port  # noqa: B018  # a malformed port only fails when read
+        except (ArgumentError, ValueError):
+            # Not the parser's message: it quotes the whole URL, password included.
+            raise RepositoryError(f"invalid database URL: {_without_password(url)}") from None
         engine_options = dict(options)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the one we ship
@@ -550,6 +553,11 @@ def _configure_sqlite(engine: Engine) -> None:
         # A deferred transaction that later writes can fail at once with SQLITE_BUSY;
         # an immediate one waits for the lock (busy_timeout) instead.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _without_password(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the last @ of the authority
 
 
 def _describe(exc: SQLAlchemyError) -> str:
