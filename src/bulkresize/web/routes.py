@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-from litestar import Request, Response, get, post
+from litestar import HttpMethod, Request, Response, get, post, route
 from litestar.datastructures import ResponseHeader, State, UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import (
@@ -487,6 +487,22 @@ def job_status(
     return JobStatusDocument.from_report(pipeline.status(job_id))
 
 
+@route(
+    "/jobs",
+    http_method=[HttpMethod.OPTIONS],
+    name="bulkresize:jobs-options",
+    include_in_schema=False,
+    status_code=204,
+)
+async def jobs_options() -> Response[None]:
+    """Both methods of ``/jobs``.
+
+    Litestar 2 builds the automatic ``OPTIONS`` answer from the first handler of a path only
+    (litestar#4169, fixed in 3), so it would leave ``GET`` out of ``Allow``.
+    """
+    return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+
+
 # -- files and health --------------------------------------------------------------------------
 
 
@@ -572,6 +588,7 @@ API_ROUTES: tuple[HTTPRouteHandler, ...] = (
     request_status,
     request_images,
     request_output,
+    jobs_options,  # first: see its docstring
     submit_job,
     job_status,
 )
