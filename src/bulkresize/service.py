@@ -438,7 +438,7 @@ class Pipeline:
     ) -> ImageOutcome:
         bytes_in: int | None = None
         try:
-            fetched = self.fetcher.fetch(source_url, allow_files=source_url.startswith("file:"))
+            fetched = self.fetcher.fetch(source_url, allow_files=source_url[:5].lower() == "file:")
             bytes_in = len(fetched.data)
             encoded = self._encode(fetched.data, options)
             key = _Keys(request_id).image(row, position, encoded.extension)
@@ -467,14 +467,24 @@ class Pipeline:
         )
 
     def _encode(self, data: bytes, options: ImageOptions) -> EncodedImage:
-        """Decode and re-encode on the encode pool, waiting at most ``image_timeout``."""
-        future = self._encoder.submit(self.engine.process, data, options)
+        """Decode and re-encode on the encode pool, for at most ``image_timeout`` once started.
+
+        The clock starts when an encode thread takes the image, not while it waits for one, so
+        a slow image never fails the images queued behind it.
+        """
+        started = threading.Event()
+
+        def run() -> EncodedImage:
+            started.set()
+            return self.engine.process(data, options)
+
+        future = self._encoder.submit(run)
+        started.wait()  # the images ahead of this one, not this one's fault
         try:
             return future.result(timeout=self.settings.image_timeout)
         except concurrent.futures.TimeoutError:
             # A thread inside a C decoder cannot be stopped: it keeps its encode slot until the
             # call returns, and its result is dropped. The image, and its job, end now.
-            future.cancel()
             logger.warning(
                 "an image took more than %s s to decode and encode", self.settings.image_timeout
             )
