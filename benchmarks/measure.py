@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Run", "differential", "run_child", "write_csv"]
+__all__ = ["PeakRSS", "Run", "differential", "run_child", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -22,19 +22,55 @@ class Run:
 
 
 def run_child(command: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> Run:
-    """Run a command to its end: wall time, and its peak RSS as the kernel counted it."""
+    """Run a command to its end: wall time, and its own peak RSS.
+
+    The peak is read from ``VmHWM`` in ``/proc/<pid>/status`` while the child runs, not from
+    ``wait4``: Linux seeds a child's ``ru_maxrss`` with the RSS of the process it was forked
+    from, so a large benchmark process would inflate every child's figure.
+    """
     started = time.perf_counter()
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    assert process.stderr is not None
-    stderr = process.stderr.read()  # drained while it runs: a full pipe would block the child
-    _, status, usage = os.wait4(process.pid, 0)
+    peak = PeakRSS(process.pid)
+    _, stderr = process.communicate()  # drained while it runs: a full pipe would block it
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    peak.stop()
     if process.returncode not in (0, 1):  # 1: some images failed, still a measured run
         raise RuntimeError(f"{command[0]} exited {process.returncode}: {stderr.decode()[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024, process.returncode)
+    return Run(seconds, peak.megabytes, process.returncode)
+
+
+class PeakRSS:
+    """Follows a process's ``VmHWM`` (its peak resident memory) until it exits."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self._path = Path(f"/proc/{pid}/status")
+        self._interval = interval
+        self._kib = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._done.is_set():
+            try:
+                for line in self._path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self._kib = max(self._kib, int(line.split()[1]))
+            except (OSError, ValueError):
+                return  # the process is gone
+            self._done.wait(self._interval)
+
+    def stop(self) -> None:
+        """Stop following."""
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def megabytes(self) -> float:
+        """The highest peak seen, in MiB."""
+        return self._kib / 1024
 
 
 def differential(small: int, small_seconds: float, large: int, large_seconds: float) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import CorpusSet
-from benchmarks.measure import Run, differential, run_child, write_csv
+from benchmarks.measure import PeakRSS, Run, differential, run_child, write_csv
 from benchmarks.origin import OriginProcess
 
 __all__ = [
@@ -252,18 +252,16 @@ def distributed(
     with OriginProcess(images.files[0].parent) as origin:
         extra = {"BULKRESIZE_ALLOW_PRIVATE_URLS": "true"}
         with topology_class(folder, extra_env=extra).start(workers=workers) as topology:
+            followers = [PeakRSS(worker.pid) for worker in topology.workers]
             _run_request(
                 topology.api_url, write_csv(folder / "warm.csv", _urls(origin, images, 4, "w"))
             )
             for count in (small, large):
                 csv = write_csv(folder / f"{count}.csv", _urls(origin, images, count, f"d{count}"))
                 seconds[count] = _run_request(topology.api_url, csv)
-            peaks = []
-            for worker in topology.workers:
-                worker.terminate()
-                _, _, usage = os.wait4(worker.pid, 0)
-                worker.returncode = 0
-                peaks.append(usage.ru_maxrss / 1024)
+            for follower in followers:
+                follower.stop()
+            peaks = [follower.megabytes for follower in followers]
     shutil.rmtree(folder, ignore_errors=True)
     rate = differential(small, seconds[small], large, seconds[large])
     return {
