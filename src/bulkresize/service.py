@@ -134,7 +134,7 @@ class Pipeline:
         # Decoding and encoding are CPU-bound: one thread per core, however many downloads. A
         # dedicated pool, not a semaphore over the download threads: glibc gives each thread
         # its own malloc arena, and every arena that ever held a decoded image keeps that much
-        # memory (16 download threads decoding 6 MP photos held 580 MB; 2 encode threads, 250).
+        # memory (16 download threads decoding 6 MP photos held 580 MB; 2 encode threads, 260).
         self._encoder = concurrent.futures.ThreadPoolExecutor(
             settings.resolved_encode_workers, thread_name_prefix="bulkresize-encode"
         )
