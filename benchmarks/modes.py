@@ -59,9 +59,10 @@ def _codec_one(data: bytes, quality: int = 50) -> tuple[int, float]:
     with Image.open(io.BytesIO(data)) as im:
         im.load()  # before save(): otherwise Pillow 13 copies the whole image inside save()
         # An fd-backed file: Pillow's encoder then releases the GIL (a BytesIO holds it).
+        rgb = im if im.mode in ("RGB", "L") else im.convert("RGB")  # convert() always copies
         fd = os.memfd_create("codec")
         with open(fd, "w+b") as out:
-            im.convert("RGB").save(out, "JPEG", quality=quality)
+            rgb.save(out, "JPEG", quality=quality)
             size = out.tell()
     return size, time.perf_counter() - started
 
