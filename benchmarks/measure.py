@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -9,7 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PeakRSS", "Run", "differential", "run_child", "write_csv"]
+__all__ = [
+    "PeakRSS",
+    "Run",
+    "cpu_by_command",
+    "cpu_of",
+    "cpu_spent",
+    "differential",
+    "run_child",
+    "write_csv",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,44 @@ class PeakRSS:
     def megabytes(self) -> float:
         """The highest peak seen, in MiB."""
         return self._kib / 1024
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_command() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process, summed by command name.
+
+    Taken before and after a run, the difference shows where a whole system's CPU went: the
+    pipeline's processes, but also moto, PostgreSQL, Redis and the origin.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        totals[name] = totals.get(name, 0.0) + used
+    return totals
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Seconds per command between two ``cpu_by_command()`` readings, largest first."""
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    return dict(
+        sorted(((n, round(s, 2)) for n, s in spent.items() if s >= 0.05), key=lambda x: -x[1])
+    )
 
 
 def differential(small: int, small_seconds: float, large: int, large_seconds: float) -> float:

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import CorpusSet
-from benchmarks.measure import PeakRSS, Run, differential, run_child, write_csv
+from benchmarks.measure import (
+    PeakRSS,
+    Run,
+    cpu_by_command,
+    cpu_of,
+    cpu_spent,
+    differential,
+    run_child,
+    write_csv,
+)
 from benchmarks.origin import OriginProcess
 
 __all__ = [
@@ -259,7 +268,11 @@ def distributed(
             )
             for count in (small, large):
                 csv = write_csv(folder / f"{count}.csv", _urls(origin, images, count, f"d{count}"))
+                before = cpu_by_command()
+                api_before = cpu_of(topology.api.pid)
                 seconds[count] = _run_request(topology.api_url, csv)
+                cpu = cpu_spent(before, cpu_by_command())
+                cpu["of which the API"] = round(cpu_of(topology.api.pid) - api_before, 2)
             for follower in followers:
                 follower.stop()
             peaks = [follower.megabytes for follower in followers]
@@ -271,6 +284,7 @@ def distributed(
         "images_per_s": rate,
         "mb_per_s": rate * images.total_bytes / len(images.files) / 1e6,
         "worker_peak_rss_mb": max(peaks),
+        "cpu_seconds_by_command": cpu,  # during the large run, every process on the machine
     }
 
 
