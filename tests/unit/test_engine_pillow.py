@@ -627,6 +627,20 @@ def test_quality_sets_the_jpeg_quantisation_tables() -> None:
     assert JpegImagePlugin.get_sampling(at_50) == 2  # Pillow's default 4:2:0
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("quality", [50, 85])
+def test_a_plain_jpeg_comes_out_byte_for_byte_as_plain_decode_and_encode(
+    mode: str, quality: int
+) -> None:
+    # The fast path (no copy, no colour conversion, fd-backed save) must not change one byte:
+    # any drift in quality, colour or subsampling from Pillow's open → load → save fails here.
+    data = encode(photo((640, 480)).convert(mode), "JPEG", quality=95)
+    with Image.open(BytesIO(data)) as plain:
+        plain.load()
+        reference = encode(plain, "JPEG", quality=quality)
+    assert process(data, quality=quality).data == reference
+
+
 def test_the_default_is_jpeg_at_quality_50() -> None:
     data = encode(photo(), "PNG")
     assert process(data).data == process(data, quality=50, format="jpeg").data
