@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -138,6 +139,7 @@ class Pipeline:
         self._encoder = concurrent.futures.ThreadPoolExecutor(
             settings.resolved_encode_workers, thread_name_prefix="bulkresize-encode"
         )
+        self._recorder = _Recorder(repository)
         self._started = False
 
     @classmethod
@@ -275,6 +277,7 @@ class Pipeline:
             self._maintenance.join()
         self.queue.close()
         self._encoder.shutdown(wait=True)
+        self._recorder.close()
         self.webhook_sender.close()
         self.fetcher.close()
         self.engine.close()
@@ -426,7 +429,7 @@ class Pipeline:
         Every failure of the image itself is recorded on that image only, with its error code.
         """
         outcome = self._produce(request_id, row, position, source_url, options)
-        updated = self.repository.record_image(request_id, row, position, outcome)
+        updated = self._recorder.record(request_id, row, position, outcome)
         if updated is None:
             # Recorded before (a re-run): make sure a lost finalization still happens.
             updated = self.repository.get_request(request_id)
@@ -751,6 +754,89 @@ def _source_url(url: str, base_dir: Path | None) -> str:
     if not path.is_absolute():
         path = base_dir / path
     return path.resolve().as_uri()
+
+
+class _Recorder:
+    """Records image outcomes in batches: one transaction for all the images done meanwhile.
+
+    A job hands its outcome over and waits until it is committed, so a job still ends only
+    after its image is durably recorded. No batch waits to fill: while one is being written,
+    the next gathers, so an idle pipeline writes each outcome at once.
+    """
+
+    _BATCH = 64
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+        self._pending: queue.SimpleQueue[
+            tuple[tuple[str, int, int, ImageOutcome], concurrent.futures.Future[Request | None]]
+            | None
+        ] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def record(
+        self, request_id: str, row: int, position: int, outcome: ImageOutcome
+    ) -> Request | None:
+        """``Repository.record_image``, batched with the outcomes of other threads."""
+        future: concurrent.futures.Future[Request | None] = concurrent.futures.Future()
+        with self._lock:
+            if self._thread is None:  # started on first use: nothing runs before it is needed
+                self._thread = threading.Thread(
+                    target=self._run, name="bulkresize-recorder", daemon=True
+                )
+                self._thread.start()
+            self._pending.put(((request_id, row, position, outcome), future))
+        return future.result()
+
+    def close(self) -> None:
+        """Write what is waiting, then stop."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._pending.put(None)
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self._BATCH:
+                try:
+                    more = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write(batch)
+                    return
+                batch.append(more)
+            self._write(batch)
+
+    def _write(
+        self,
+        batch: list[
+            tuple[tuple[str, int, int, ImageOutcome], concurrent.futures.Future[Request | None]]
+        ],
+    ) -> None:
+        try:
+            results = self._repository.record_images([record for record, _ in batch])
+        except RequestNotFound:
+            # One unknown image must not fail the others: record them one by one.
+            for record, future in batch:
+                try:
+                    future.set_result(self._repository.record_image(*record))
+                except Exception as exc:  # handed to the job that owns it
+                    future.set_exception(exc)
+            return
+        except Exception as exc:  # the job retries, as it would after its own failure
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
 
 
 def process_csv(

@@ -189,11 +189,11 @@ def test_waiting_sweeps_up_a_job_the_queue_gave_up_on(
 
         failures = 3
 
-        def record_image(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def record_images(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             if self.failures:
                 self.failures -= 1
                 raise RepositoryError("database is locked")
-            return super().record_image(*args, **kwargs)
+            return super().record_images(*args, **kwargs)
 
     url = origin.add("/a.jpg", encode(photo(), "JPEG"))
     data = f"S. No.,Product Name,Input Image Urls\n1,A,{url}\n".encode()

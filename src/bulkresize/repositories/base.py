@@ -75,6 +75,22 @@ class Repository(abc.ABC):
             RequestNotFound: No such image.
         """
 
+    def record_images(
+        self, records: Sequence[tuple[str, int, int, ImageOutcome]]
+    ) -> list[Request | None]:
+        """``record_image`` for each ``(request_id, row, position, outcome)``, in order.
+
+        Each result is ``None`` where ``record_image`` would give ``None``, else the request
+        as updated after that image was counted, or after the whole batch. Each image stays
+        atomic with its count; a backend may write several in one transaction, so that a
+        busy pipeline pays one commit per batch. The default calls ``record_image`` in turn.
+
+        Raises:
+            RequestNotFound: An image does not exist; then nothing of the batch may have been
+                recorded, and the caller records the others one by one.
+        """
+        return [self.record_image(*record) for record in records]
+
     @abc.abstractmethod
     def claim_finalization(self, request_id: str, *, lease: float) -> bool:
         """Claim the right to finalize a request whose images are all final.

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     case,
     create_engine,
     event,
@@ -276,52 +277,122 @@ class SQLRepository(Repository, WebhookOutbox):
         self, request_id: str, row: int, position: int, outcome: ImageOutcome
     ) -> Request | None:
         """Move a pending image to its outcome and count it, in one transaction."""
-        if outcome.status is ImageStatus.PENDING:
+        return self.record_images([(request_id, row, position, outcome)])[0]
+
+    def record_images(
+        self, records: Sequence[tuple[str, int, int, ImageOutcome]]
+    ) -> list[Request | None]:
+        """Record many outcomes in one transaction: one statement for the images, one per request.
+
+        Every image moves only from ``pending``, and each request's counters grow by exactly
+        the images that moved, in the same transaction.
+        """
+        if any(outcome.status is ImageStatus.PENDING for *_, outcome in records):
             raise ValueError("an outcome must be done or failed")
-        images, requests = self._images, self._requests
+        if not records:
+            return []
+        requests = self._requests
         now = _now()
-        key = (
-            (images.c.request_id == request_id)
-            & (images.c.row == row)
-            & (images.c.position == position)
-        )
         with self._transaction() as connection:
-            moved = connection.execute(
-                update(images)
-                .where(key & (images.c.status == ImageStatus.PENDING.value))
-                .values(
-                    status=outcome.status.value,
-                    output_key=outcome.output_key,
-                    error=outcome.error,
-                    error_message=outcome.error_message,
-                    bytes_in=outcome.bytes_in,
-                    bytes_out=outcome.bytes_out,
-                    updated_at=now,
-                )
-            )
-            if moved.rowcount == 0:
-                if connection.execute(select(images.c.status).where(key)).first() is None:
-                    raise RequestNotFound(f"no image {row}-{position} in request {request_id!r}")
-                return None
-            failed = 1 if outcome.status is ImageStatus.FAILED else 0
-            updated = connection.execute(
-                update(requests)
-                .where(requests.c.id == request_id)
-                .values(
-                    processed_images=requests.c.processed_images + 1,
-                    failed_images=requests.c.failed_images + failed,
-                    status=case(
-                        (
-                            requests.c.status == RequestStatus.PENDING.value,
-                            RequestStatus.PROCESSING.value,
+            moved = self._move_images(connection, records, now)
+            totals: dict[str, list[int]] = {}
+            for (request_id, *_rest, outcome), did_move in zip(records, moved, strict=True):
+                if did_move:
+                    counts = totals.setdefault(request_id, [0, 0])
+                    counts[0] += 1
+                    counts[1] += outcome.status is ImageStatus.FAILED
+            updated: dict[str, Request] = {}
+            for request_id, (processed, failed) in totals.items():
+                row = connection.execute(
+                    update(requests)
+                    .where(requests.c.id == request_id)
+                    .values(
+                        processed_images=requests.c.processed_images + processed,
+                        failed_images=requests.c.failed_images + failed,
+                        status=case(
+                            (
+                                requests.c.status == RequestStatus.PENDING.value,
+                                RequestStatus.PROCESSING.value,
+                            ),
+                            else_=requests.c.status,
                         ),
-                        else_=requests.c.status,
-                    ),
-                    updated_at=now,
-                )
-                .returning(*requests.c)
-            ).one()
-        return self._to_request(updated._mapping)
+                        updated_at=now,
+                    )
+                    .returning(*requests.c)
+                ).one()
+                updated[request_id] = self._to_request(row._mapping)
+        return [
+            updated[request_id] if did_move else None
+            for (request_id, *_), did_move in zip(records, moved, strict=True)
+        ]
+
+    def _move_images(
+        self,
+        connection: Connection,
+        records: Sequence[tuple[str, int, int, ImageOutcome]],
+        now: datetime,
+    ) -> list[bool]:
+        """Move each pending image to its outcome; which ones moved.
+
+        One ``executemany`` when the driver reports its total row count and every image moved
+        (the common case); otherwise one statement per image, to know which did.
+        """
+        images = self._images
+        statement = (
+            update(images)
+            .where(
+                (images.c.request_id == bindparam("b_request_id"))
+                & (images.c.row == bindparam("b_row"))
+                & (images.c.position == bindparam("b_position"))
+                & (images.c.status == ImageStatus.PENDING.value)
+            )
+            .values(
+                status=bindparam("b_status"),
+                output_key=bindparam("b_output_key"),
+                error=bindparam("b_error"),
+                error_message=bindparam("b_error_message"),
+                bytes_in=bindparam("b_bytes_in"),
+                bytes_out=bindparam("b_bytes_out"),
+                updated_at=now,
+            )
+        )
+        parameters = [
+            {
+                "b_request_id": request_id,
+                "b_row": row,
+                "b_position": position,
+                "b_status": outcome.status.value,
+                "b_output_key": outcome.output_key,
+                "b_error": outcome.error,
+                "b_error_message": outcome.error_message,
+                "b_bytes_in": outcome.bytes_in,
+                "b_bytes_out": outcome.bytes_out,
+            }
+            for request_id, row, position, outcome in records
+        ]
+        distinct = len({(r, row, p) for r, row, p, _ in records}) == len(records)
+        if len(records) > 1 and distinct and self._engine.dialect.supports_sane_multi_rowcount:
+            try:
+                with connection.begin_nested():  # undone as a whole unless every image moved
+                    if connection.execute(statement, parameters).rowcount == len(records):
+                        return [True] * len(records)
+                    raise _NotAllMoved
+            except _NotAllMoved:
+                pass  # some had moved before (a re-run): find out which, one by one
+        moved = []
+        for (request_id, row, position, _), params in zip(records, parameters, strict=True):
+            if connection.execute(statement, params).rowcount:
+                moved.append(True)
+                continue
+            key = (
+                (images.c.request_id == request_id)
+                & (images.c.row == row)
+                & (images.c.position == position)
+            )
+            if connection.execute(select(images.c.status).where(key)).first() is None:
+                raise RequestNotFound(f"no image {row}-{position} in request {request_id!r}")
+            moved.append(False)
+        return moved
 
     def claim_finalization(self, request_id: str, *, lease: float) -> bool:
         """Claim finalization with one conditional update; a lapsed claim can be taken over."""
@@ -553,6 +624,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # A deferred transaction that later writes can fail at once with SQLITE_BUSY;
         # an immediate one waits for the lock (busy_timeout) instead.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _NotAllMoved(Exception):
+    """Control flow inside ``_move_images``: roll the savepoint back. Never escapes."""
 
 
 def _without_password(url: str) -> str:

@@ -165,6 +165,69 @@ class RepositoryContract:
         stored = repository.get_request(request.id)
         assert (stored.processed_images, stored.failed_images) == (100, 20)
 
+    def test_a_batch_records_each_image_and_counts_each_request_exactly(
+        self, repository: Repository
+    ) -> None:
+        first, first_images = make_request(rows=2, per_row=2)
+        second, second_images = make_request(rows=1, per_row=3)
+        repository.add_request(first, first_images)
+        repository.add_request(second, second_images)
+        repository.record_image(first.id, 1, 1, DONE)  # recorded before the batch
+        results = repository.record_images(
+            [
+                (first.id, 1, 1, FAILED),  # already recorded: unchanged, not counted
+                (first.id, 1, 2, FAILED),
+                (second.id, 1, 1, DONE),
+                (first.id, 2, 1, DONE),
+                (second.id, 1, 2, FAILED),
+                (first.id, 2, 1, FAILED),  # twice in one batch: only the first counts
+            ]
+        )
+        assert [r is None for r in results] == [True, False, False, False, False, True]
+        after_first = repository.get_request(first.id)
+        after_second = repository.get_request(second.id)
+        assert (after_first.processed_images, after_first.failed_images) == (3, 1)
+        assert (after_second.processed_images, after_second.failed_images) == (2, 1)
+        # Each result shows its request after that image was counted (or after the whole
+        # batch); the last count seen for a request is its final one either way.
+        latest: dict[str, int] = {}
+        for result in results:
+            if result is not None:
+                latest[result.id] = max(latest.get(result.id, 0), result.processed_images)
+        assert latest == {first.id: 3, second.id: 2}
+        statuses = {(i.row, i.position): i.status for i in repository.list_images(first.id)}
+        assert statuses[(1, 1)] is ImageStatus.DONE
+        assert statuses[(2, 1)] is ImageStatus.DONE
+        assert statuses[(2, 2)] is ImageStatus.PENDING
+
+    def test_a_batch_with_an_unknown_image_raises(self, repository: Repository) -> None:
+        request, images = make_request(rows=1, per_row=2)
+        repository.add_request(request, images)
+        with pytest.raises(RequestNotFound):
+            repository.record_images([(request.id, 1, 1, DONE), (request.id, 9, 9, DONE)])
+
+    def test_concurrent_batches_count_exactly(
+        self, repository: Repository, supports_concurrency: bool
+    ) -> None:
+        if not supports_concurrency:
+            pytest.skip("backend is single-threaded")
+        request, images = make_request(rows=10, per_row=10)
+        repository.add_request(request, images)
+        keys = [(i.row, i.position) for i in images]
+        # Overlapping batches, concurrently: every image twice, in batches of 7.
+        work = keys + keys[3:] + keys[:3]
+        batches = [work[n : n + 7] for n in range(0, len(work), 7)]
+
+        def record(batch: list[tuple[int, int]]) -> int:
+            outcomes = [(request.id, r, p, FAILED if p % 5 == 0 else DONE) for r, p in batch]
+            return sum(result is not None for result in repository.record_images(outcomes))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            moved = sum(pool.map(record, batches))
+        assert moved == 100
+        stored = repository.get_request(request.id)
+        assert (stored.processed_images, stored.failed_images) == (100, 20)
+
     def test_finalize_waits_for_every_image(self, repository: Repository) -> None:
         request, images = make_request(rows=1, per_row=2)
         repository.add_request(request, images)
