@@ -28,6 +28,7 @@ from bulkresize.errors import (
     ImageError,
     InvalidCallbackURL,
     ProcessingTimeout,
+    RepositoryError,
     RequestNotFinal,
     RequestNotFound,
     StorageError,
@@ -823,6 +824,8 @@ class _Recorder:
     ) -> None:
         try:
             results = self._repository.record_images([record for record, _ in batch])
+            if len(results) != len(batch):  # a broken backend must not stop this thread
+                raise RepositoryError(f"record_images gave {len(results)} results for {len(batch)}")
         except RequestNotFound:
             # One unknown image must not fail the others: record them one by one.
             for record, future in batch:
