@@ -6,7 +6,6 @@ Jobs are queued in Redis by any process (the API, the CLI, a library user) and r
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import logging
@@ -31,6 +30,7 @@ import rq.worker
 
 from bulkresize.errors import ConfigurationError, QueueError
 from bulkresize.queues.base import Job, JobHandler, Queue
+from bulkresize.queues.batching import BatchFailed, BatchRunner
 
 __all__ = ["BatchFailed", "RQQueue", "run_batch"]
 
@@ -73,66 +73,12 @@ return 0
 """
 
 
-class BatchFailed(QueueError):
-    """One or more jobs of a batch raised; RQ retries the whole batch.
-
-    Attributes:
-        job_ids: The IDs of the jobs that raised.
-    """
-
-    def __init__(self, job_ids: Sequence[str], total: int) -> None:
-        self.job_ids = list(job_ids)
-        shown = ", ".join(self.job_ids[:5]) + (" …" if len(self.job_ids) > 5 else "")
-        super().__init__(f"{len(self.job_ids)} of {total} jobs in the batch failed: {shown}")
-
-
-class _BatchRunner:
-    """Runs the jobs of one batch at once on a pool of threads, with the worker's handler.
-
-    The pool is created on first use, so in the process (and after any fork) that runs jobs.
-    """
-
-    def __init__(self, handler: JobHandler, concurrency: int) -> None:
-        self.handler = handler
-        self._concurrency = concurrency
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def run(self, jobs: Sequence[Job]) -> int:
-        with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    self._concurrency, thread_name_prefix="bulkresize-rq-job"
-                )
-            executor = self._executor
-        futures = {executor.submit(self.handler, job): job for job in jobs}
-        pending = set(futures)
-        while pending:
-            # A timeout, not a blocking wait, so that RQ's job timeout can interrupt us.
-            _, pending = concurrent.futures.wait(pending, timeout=1.0)
-        failed: list[str] = []
-        for future, job in futures.items():
-            error = future.exception()
-            if error is not None:
-                failed.append(job.id)
-                logger.warning("job %s failed; its batch will be retried", job.id, exc_info=error)
-        if failed:
-            raise BatchFailed(failed, len(jobs))
-        return len(jobs)
-
-    def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-
 # Set by the worker around each RQ job it runs, and read by `run_batch`: RQ calls a job function
 # by its dotted name with plain arguments, so the handler (the pipeline of *this* worker) has to
 # reach it out of band. A context variable does that without a module-level singleton: it is
 # empty outside a worker, and two workers in one process (tests, `start()` beside `work()`)
 # each see their own handler, because each sets it in its own thread.
-_RUNNER: contextvars.ContextVar[_BatchRunner | None] = contextvars.ContextVar(
+_RUNNER: contextvars.ContextVar[BatchRunner | None] = contextvars.ContextVar(
     "bulkresize_rq_runner", default=None
 )
 
@@ -178,7 +124,7 @@ class _BatchWorker(rq.worker.SimpleWorker):
         queue_name: str,
         *,
         connection: redis.Redis,
-        runner: _BatchRunner,
+        runner: BatchRunner,
         stop: threading.Event,
         main_thread: bool,
         worker_ttl: int,
@@ -541,10 +487,10 @@ class RQQueue(Queue):
 
     # -- inside -----------------------------------------------------------------------------
 
-    def _runner(self, handler: JobHandler) -> _BatchRunner:
-        return _BatchRunner(handler, self._concurrency)
+    def _runner(self, handler: JobHandler) -> BatchRunner:
+        return BatchRunner(handler, self._concurrency, thread_name_prefix="bulkresize-rq-job")
 
-    def _worker(self, runner: _BatchRunner, *, main_thread: bool) -> _BatchWorker:
+    def _worker(self, runner: BatchRunner, *, main_thread: bool) -> _BatchWorker:
         return _BatchWorker(
             self._queue_name,
             connection=self._redis,
@@ -554,7 +500,7 @@ class RQQueue(Queue):
             worker_ttl=self._worker_ttl,
         )
 
-    def _run_in_thread(self, worker: _BatchWorker, runner: _BatchRunner) -> None:
+    def _run_in_thread(self, worker: _BatchWorker, runner: BatchRunner) -> None:
         try:
             while not self._stop.is_set():
                 try:

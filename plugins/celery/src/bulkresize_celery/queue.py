@@ -7,7 +7,6 @@ foreground. See :class:`CeleryQueue`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import logging
@@ -38,6 +37,7 @@ import redis.exceptions
 
 from bulkresize.errors import ConfigurationError, QueueError
 from bulkresize.queues.base import Job, JobHandler, Queue
+from bulkresize.queues.batching import BatchFailed, BatchRunner
 
 __all__ = ["KEY_PREFIX", "SCHEMES", "TASK_NAME", "BatchFailed", "CeleryQueue"]
 
@@ -106,65 +106,11 @@ _THREAD_APP: Any = cast(Any, celery._state)._tls
 _WORKER_BUILD_LOCK = threading.Lock()
 
 
-class BatchFailed(QueueError):
-    """One or more jobs of a batch raised; the batch is retried whole.
-
-    Attributes:
-        job_ids: The IDs of the jobs that raised.
-    """
-
-    def __init__(self, job_ids: Sequence[str], total: int) -> None:
-        self.job_ids = list(job_ids)
-        shown = ", ".join(self.job_ids[:5]) + (" …" if len(self.job_ids) > 5 else "")
-        super().__init__(f"{len(self.job_ids)} of {total} jobs in the batch failed: {shown}")
-
-
-class _BatchRunner:
-    """Runs the jobs of one batch at once on a pool of threads, with the worker's handler.
-
-    The pool is created on first use, in the process (and thread) that runs jobs.
-    """
-
-    def __init__(self, handler: JobHandler, concurrency: int) -> None:
-        self.handler = handler
-        self._concurrency = concurrency
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def run(self, jobs: Sequence[Job]) -> int:
-        with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    self._concurrency, thread_name_prefix="bulkresize-celery-job"
-                )
-            executor = self._executor
-        futures = {executor.submit(self.handler, job): job for job in jobs}
-        pending = set(futures)
-        while pending:
-            # A timeout, not one blocking wait, so that a signal handler runs promptly.
-            _, pending = concurrent.futures.wait(pending, timeout=1.0)
-        failed: list[str] = []
-        for future, job in futures.items():
-            error = future.exception()
-            if error is not None:
-                failed.append(job.id)
-                logger.warning("job %s failed; its batch will be retried", job.id, exc_info=error)
-        if failed:
-            raise BatchFailed(failed, len(jobs))
-        return len(jobs)
-
-    def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-
 @dataclass(frozen=True, slots=True)
 class _WorkerContext:
     """What a task needs from the worker that runs it: its handler's runner and its name."""
 
-    runner: _BatchRunner
+    runner: BatchRunner
     hostname: str
 
 
@@ -782,7 +728,7 @@ class CeleryQueue(Queue):
     def _run_worker(self, handler: JobHandler, *, stop: Callable[[], bool], burst: bool) -> _Worker:
         """Build and run one worker in this thread until it stops; returns it, stopped."""
         hostname = f"bulkresize-{uuid.uuid4().hex[:12]}@{socket.gethostname()}"
-        runner = _BatchRunner(handler, self._concurrency)
+        runner = BatchRunner(handler, self._concurrency, thread_name_prefix="bulkresize-celery-job")
         heartbeat = _Heartbeat(self._redis, self._worker_key(hostname), self._worker_ttl)
         token = _WORKER.set(_WorkerContext(runner, hostname))
         # Celery's tracer runs a task of the current app: ours, in this thread only (Celery's
