@@ -31,6 +31,7 @@ import rq.worker
 from bulkresize.errors import ConfigurationError, QueueError
 from bulkresize.queues.base import Job, JobHandler, Queue
 from bulkresize.queues.batching import BatchFailed, BatchRunner
+from bulkresize.redaction import redact_url, scrub
 
 __all__ = ["BatchFailed", "RQQueue", "run_batch"]
 
@@ -317,7 +318,7 @@ class RQQueue(Queue):
                 password.
         """
         parts = urlsplit(url)
-        shown = _redact(url)
+        shown = redact_url(url)
         ours: dict[str, str] = {}
         rest: list[tuple[str, str]] = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -343,7 +344,7 @@ class RQQueue(Queue):
                 connection_url, socket_connect_timeout=5, socket_timeout=30
             )
         except (ValueError, TypeError) as exc:
-            message = _scrub(str(exc), parts.password)
+            message = scrub(str(exc), parts.password)
             raise ConfigurationError(f"invalid redis queue URL {shown}: {message}") from None
         try:
             queue = cls(client, **settings)
@@ -526,7 +527,7 @@ class RQQueue(Queue):
         try:
             yield
         except (redis.exceptions.RedisError, rq.exceptions.NoSuchJobError, OSError) as exc:
-            message = _scrub(f"{type(exc).__name__}: {exc}", self._password())
+            message = scrub(f"{type(exc).__name__}: {exc}", self._password())
             raise QueueError(
                 f"redis queue {self._queue_name!r} on {self._describe()}: cannot {action}: "
                 f"{message}"
@@ -541,19 +542,3 @@ class RQQueue(Queue):
         if kwargs.get("path"):
             return f"unix:{kwargs['path']}"
         return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def _redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<malformed URL>"
-    if not password:
-        return url
-    return _scrub(url, password)
-
-
-def _scrub(text: str, password: str | None) -> str:
-    return text.replace(password, "***") if password else text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -50,6 +49,7 @@ from bulkresize.models import (
     WebhookState,
     WebhookStatus,
 )
+from bulkresize.redaction import redact_url
 from bulkresize.repositories.base import Repository, WebhookOutbox
 
 __all__ = ["SQLRepository", "build_metadata"]
@@ -153,7 +153,7 @@ class SQLRepository(Repository, WebhookOutbox):
             parsed.port  # noqa: B018  # a malformed port only fails when read
         except (ArgumentError, ValueError):
             # Not the parser's message: it quotes the whole URL, password included.
-            raise RepositoryError(f"invalid database URL: {_without_password(url)}") from None
+            raise RepositoryError(f"invalid database URL: {redact_url(url)}") from None
         engine_options = dict(options)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the one we ship
@@ -628,11 +628,6 @@ def _configure_sqlite(engine: Engine) -> None:
 
 class _NotAllMoved(Exception):
     """Control flow inside ``_move_images``: roll the savepoint back. Never escapes."""
-
-
-def _without_password(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the last @ of the authority
 
 
 def _describe(exc: SQLAlchemyError) -> str:

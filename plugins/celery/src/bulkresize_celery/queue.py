@@ -38,6 +38,7 @@ import redis.exceptions
 from bulkresize.errors import ConfigurationError, QueueError
 from bulkresize.queues.base import Job, JobHandler, Queue
 from bulkresize.queues.batching import BatchFailed, BatchRunner
+from bulkresize.redaction import redact_url, scrub
 
 __all__ = ["KEY_PREFIX", "SCHEMES", "TASK_NAME", "BatchFailed", "CeleryQueue"]
 
@@ -347,8 +348,9 @@ class CeleryQueue(Queue):
             )
         parts = urlsplit(broker_url)
         if parts.scheme not in ("redis", "rediss"):
+            shown = redact_url(broker_url)
             raise ConfigurationError(
-                f"celery queue: the broker must be redis:// or rediss://, not {_redact(broker_url)}"
+                f"celery queue: the broker must be redis:// or rediss://, not {shown}"
             )
         self._password = parts.password
         self._where = _where(parts)
@@ -369,8 +371,8 @@ class CeleryQueue(Queue):
                 )
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(
-                    f"invalid celery broker URL {_redact(broker_url)}: "
-                    f"{_scrub(str(exc), self._password)}"
+                    f"invalid celery broker URL {redact_url(broker_url)}: "
+                    f"{scrub(str(exc), self._password)}"
                 ) from None
         self._redis = client
         self._is_pending_script = client.register_script(_IS_PENDING_SCRIPT)
@@ -460,7 +462,7 @@ class CeleryQueue(Queue):
             ConfigurationError: The URL or an option is malformed or unknown. The message never
                 shows the password.
         """
-        shown = _redact(url)
+        shown = redact_url(url)
         try:
             parts = urlsplit(url)
             password = parts.password
@@ -536,7 +538,7 @@ class CeleryQueue(Queue):
         except (ValueError, TypeError) as exc:
             if client is not None:
                 client.close()
-            message = _scrub(str(exc), password)
+            message = scrub(str(exc), password)
             raise ConfigurationError(f"invalid celery queue URL {shown}: {message}") from None
         except BaseException:
             if client is not None:
@@ -873,7 +875,7 @@ class CeleryQueue(Queue):
             celery.exceptions.CeleryError,
             OSError,
         ) as exc:
-            message = _scrub(f"{type(exc).__name__}: {exc}", self._password)
+            message = scrub(f"{type(exc).__name__}: {exc}", self._password)
             raise QueueError(
                 f"celery queue {self._queue_name!r} on {self._describe()}: cannot {action}: "
                 f"{message}"
@@ -900,16 +902,3 @@ def _where(parts: Any) -> str:
         port = "?"
     db = parts.path.strip("/") or "0"
     return f"{parts.hostname or 'localhost'}:{port}/{db}"
-
-
-def _redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return "<malformed URL>"
-    return _scrub(url, password)
-
-
-def _scrub(text: str, password: str | None) -> str:
-    return text.replace(password, "***") if password else text
