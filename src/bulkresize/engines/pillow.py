@@ -97,6 +97,8 @@ class PillowEngine(ImageEngine):
         self.max_image_pixels: Final = max_image_pixels
         self.max_frames: Final = max_frames
         self._avif: Final = "avif" in features.modules and bool(features.check_module("avif"))
+        # Skip the checks that guard transcode_jpeg() when no subclass overrides it.
+        self._transcodes: Final = type(self).transcode_jpeg is not PillowEngine.transcode_jpeg
 
     def process(self, data: bytes, options: ImageOptions) -> EncodedImage:
         """Decode ``data`` and re-encode it as ``options`` ask.
@@ -122,10 +124,21 @@ class PillowEngine(ImageEngine):
         try:
             with Image.open(BytesIO(data), formats=[source]) as im:
                 self._check_limits(im)
-                picture = _decode(im, options)
                 output = options.format
                 if output == "keep":
                     output = _KEPT.get(im.format or "", "jpeg")
+                if output == "jpeg" and self._transcodes and _needs_no_pixel_work(im, options):
+                    transcoded = self.transcode_jpeg(data, options.quality)
+                    if transcoded is not None:
+                        return EncodedImage(
+                            data=transcoded,
+                            format="jpeg",
+                            extension="jpg",
+                            content_type="image/jpeg",
+                            width=im.width,
+                            height=im.height,
+                        )
+                picture = _decode(im, options)
                 return _encode(picture, output, options.quality)
         except ImageError:
             raise
@@ -137,6 +150,26 @@ class PillowEngine(ImageEngine):
             ) from exc
         except Exception as exc:  # any input must end in an ImageError, whatever Pillow raises
             raise DecodeError(f"could not decode the {source} image: {_describe(exc)}") from exc
+
+    def transcode_jpeg(self, data: bytes, quality: int) -> bytes | None:
+        """Re-encode a JPEG at ``quality`` without decoding it to pixels, if the subclass can.
+
+        A hook for engines that work in the DCT domain (``bulkresize-dct``). It is called only
+        when the pixel path would change nothing but the quantisation: JPEG in and out, limits
+        checked, EXIF orientation 1, greyscale or YCbCr, no ICC profile or one that is sRGB in
+        effect, and no smaller bounding box. The result must carry no metadata and encode the
+        same picture at the same size as the pixel path would.
+
+        Args:
+            data: The JPEG file, as downloaded.
+            quality: The output quality, 1 to 95.
+
+        Returns:
+            The new JPEG file, or ``None`` to decode and encode the pixels instead (the default).
+            Return ``None`` for any file the transcoder does not handle or finds damaged: the
+            pixel path then gives the usual result or error.
+        """
+        return None
 
     def _check_limits(self, im: ImageFile.ImageFile) -> None:
         width, height = im.size
@@ -197,6 +230,19 @@ def _decode(im: ImageFile.ImageFile, options: ImageOptions) -> Image.Image:
     if orientation in _TRANSPOSES:
         picture = picture.transpose(_TRANSPOSES[orientation])
     return picture
+
+
+def _needs_no_pixel_work(im: ImageFile.ImageFile, options: ImageOptions) -> bool:
+    """Whether the pixel path would only re-quantise this image (see transcode_jpeg)."""
+    if im.format not in ("JPEG", "MPO") or im.mode not in ("L", "RGB"):
+        return False
+    if _orientation(im) != 1 or _source_box(im.size, 1, options) != im.size:
+        return False
+    icc_profile = im.info.get("icc_profile")
+    if not (isinstance(icc_profile, bytes) and icc_profile):
+        return True
+    transform = _srgb_transform(im.mode, icc_profile)
+    return transform is None or (im.mode == "RGB" and _is_identity(transform))
 
 
 def _orientation(im: Image.Image) -> int:
@@ -262,21 +308,32 @@ def _to_srgb(im: Image.Image, icc_profile: Any) -> Image.Image:
 
 def _apply_profile(im: Image.Image, icc_profile: bytes) -> Image.Image | None:
     """The pixels in sRGB, or ``None`` if the profile is broken, misfits the mode, or is sRGB."""
+    transform = _srgb_transform(im.mode, icc_profile)
+    if transform is None or (im.mode == "RGB" and _is_identity(transform)):
+        return None  # most profiles on the web are sRGB; skipping them saves a full pass
     try:
-        source = ImageCms.ImageCmsProfile(BytesIO(icc_profile))
-        transform = ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), im.mode, "RGB")
-        if im.mode == "RGB" and _is_identity(transform):
-            return None  # most profiles on the web are sRGB; skipping them saves a full pass
         converted = transform.apply(im)
-    except Exception:  # a broken or mismatched profile: fall back to plain conversion
+    except Exception:  # a profile that fails on these pixels: fall back to plain conversion
         return None
     return converted.convert("L") if im.mode == "L" else converted
+
+
+def _srgb_transform(mode: str, icc_profile: bytes) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the profile to sRGB, or ``None`` if the profile is broken or misfits."""
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(icc_profile))
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB")
+    except Exception:  # a broken or mismatched profile: plain conversion instead
+        return None
 
 
 def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:
     """Whether an RGB transform moves no colour of a 16-level cube by more than 1."""
     probe = Image.frombytes("RGB", (len(_PROBE) // 3, 1), _PROBE)
-    difference = ImageChops.difference(transform.apply(probe), probe)
+    try:
+        difference = ImageChops.difference(transform.apply(probe), probe)
+    except Exception:  # the caller's own apply() then fails the same way and is handled
+        return False
     return difference.point(lambda value: 255 if value > 1 else 0).getbbox() is None
 
 
