@@ -7,13 +7,14 @@ finalize. Routes, CLI commands and worker jobs are thin adapters over :class:`Pi
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -429,8 +430,9 @@ class Pipeline:
 
         Every failure of the image itself is recorded on that image only, with its error code.
         """
-        outcome = self._produce(request_id, row, position, source_url, options)
-        updated = self._recorder.record(request_id, row, position, outcome)
+        with self._recorder.job():
+            outcome = self._produce(request_id, row, position, source_url, options)
+            updated = self._recorder.record(request_id, row, position, outcome)
         if updated is None:
             # Recorded before (a re-run): make sure a lost finalization still happens.
             updated = self.repository.get_request(request_id)
@@ -761,11 +763,16 @@ class _Recorder:
     """Records image outcomes in batches: one transaction for all the images done meanwhile.
 
     A job hands its outcome over and waits until it is committed, so a job still ends only
-    after its image is durably recorded. No batch waits to fill: while one is being written,
-    the next gathers, so an idle pipeline writes each outcome at once.
+    after its image is durably recorded. A batch waits up to ``_LINGER`` for the outcomes of
+    the other jobs in flight, and not at all once they are all in, so an idle pipeline writes
+    each outcome at once.
     """
 
     _BATCH = 64
+    #: How long a batch may wait for the outcomes of jobs still in flight: about one write
+    #: under load, so batches are larger and writes (each a commit under the GIL) fewer. 2,000
+    #: tiny images: 148/s with no wait (two outcomes a batch), 217/s with 20 ms (eight).
+    _LINGER = 0.02
 
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
@@ -775,6 +782,18 @@ class _Recorder:
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._active = 0  # jobs between job() and their outcome's commit
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        """Mark a job in flight, so that a batch waits (briefly) for its outcome too."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
 
     def record(
         self, request_id: str, row: int, position: int, outcome: ImageOutcome
@@ -805,9 +824,10 @@ class _Recorder:
             if item is None:
                 return
             batch = [item]
-            while len(batch) < self._BATCH:
+            deadline = time.monotonic() + self._LINGER
+            while len(batch) < min(self._BATCH, self._active):
                 try:
-                    more = self._pending.get_nowait()
+                    more = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:

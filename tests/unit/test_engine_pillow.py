@@ -909,10 +909,15 @@ def test_saves_into_a_memfd_and_closes_it(
         return created[-1]
 
     monkeypatch.setattr(os, "memfd_create", memfd_create)
-    process((corpus_dir / "hopper.jpg").read_bytes())
+    large = Image.open(corpus_dir / "hopper.jpg").resize((640, 480))  # past _SMALL_PICTURE
+    buffer = BytesIO()
+    large.save(buffer, "JPEG")
+    process(buffer.getvalue())
     assert len(created) == 1
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(created[0])
+    process((corpus_dir / "hopper.jpg").read_bytes())  # 128 x 128: a BytesIO is cheaper
+    assert len(created) == 1
 
 
 def test_without_memfd_the_bytes_are_the_same(
