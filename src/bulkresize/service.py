@@ -478,25 +478,27 @@ class Pipeline:
         The clock starts when an encode thread takes the image, not while it waits for one, so
         a slow image never fails the images queued behind it.
         """
-        started = threading.Event()
+        started: list[float] = []  # when an encode thread took the image
 
         def run() -> EncodedImage:
-            started.set()
+            started.append(time.monotonic())
             return self.engine.process(data, options)
 
         future = self._encoder.submit(run)
-        started.wait()  # the images ahead of this one, not this one's fault
-        try:
-            return future.result(timeout=self.settings.image_timeout)
-        except concurrent.futures.TimeoutError:
-            # A thread inside a C decoder cannot be stopped: it keeps its encode slot until the
-            # call returns, and its result is dropped. The image, and its job, end now.
-            logger.warning(
-                "an image took more than %s s to decode and encode", self.settings.image_timeout
-            )
-            raise ProcessingTimeout(
-                f"decoding and encoding took longer than {self.settings.image_timeout:g} s"
-            ) from None
+        limit = self.settings.image_timeout
+        wait = limit
+        while True:
+            try:
+                return future.result(timeout=wait)
+            except concurrent.futures.TimeoutError:
+                # Waiting behind the images ahead of this one is not this one's fault.
+                wait = limit if not started else started[0] + limit - time.monotonic()
+                if started and wait <= 0:
+                    break
+        # A thread inside a C decoder cannot be stopped: it keeps its encode slot until the
+        # call returns, and its result is dropped. The image, and its job, end now.
+        logger.warning("an image took more than %s s to decode and encode", limit)
+        raise ProcessingTimeout(f"decoding and encoding took longer than {limit:g} s")
 
     def _put_with_retries(self, key: str, data: bytes, content_type: str) -> None:
         for attempt in range(1, _STORAGE_ATTEMPTS + 1):
