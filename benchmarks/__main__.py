@@ -149,7 +149,8 @@ class Scenarios:
         )
 
     def engines(self) -> None:
-        """Each engine alone on 6 MP photos and on the PNGs with alpha, beside the codec."""
+        """Each engine alone on 6 MP photos (as they are, and into a 1200 px box) and on the
+        PNGs with alpha, beside the codec."""
         sets = corpus.build(CACHE, ["6mp", "alpha"])
         names = ["pillow", "vips", "dct"]
         count = self.n(48, 8)
@@ -166,6 +167,7 @@ class Scenarios:
         )
         self.results["engines"] = {
             "6mp": best["engines"],
+            "6mp_box_1200": modes.engines(sets["6mp"], count, names, box=1200),
             "alpha": modes.engines(sets["alpha"], count, names),
             "codec_6mp": yard,
             "simplejpeg_6mp": simple,

@@ -306,12 +306,18 @@ def _ssim(reference: bytes, candidate: bytes) -> float:
 
 
 def engines(
-    images: CorpusSet, count: int, names: Sequence[str], *, quality_check: bool = True
+    images: CorpusSet,
+    count: int,
+    names: Sequence[str],
+    *,
+    quality_check: bool = True,
+    box: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each installed engine alone, on threads on all cores, on images held in memory.
 
     Quality is judged against plain decode + encode (the codec loop): SSIM of the grey images
-    and the output size, on the first images of the set.
+    and the output size, on the first images of the set. With ``box``, the engines fit the
+    images inside box x box, and the reference is a full decode, a Lanczos resize and an encode.
     """
     from bulkresize.engines.base import ImageEngine
     from bulkresize.errors import BackendNotFound
@@ -326,11 +332,12 @@ def engines(
         except BackendNotFound as exc:
             results[name] = {"skipped": str(exc)}
             continue
-        outputs, seconds, timed = _time_engine(engine, datas, ImageOptions())
+        options = ImageOptions(max_width=box, max_height=box)
+        outputs, seconds, timed = _time_engine(engine, datas, options)
         entry: dict[str, Any] = {"images_per_s": count / seconds, **_percentiles(timed)}
         if quality_check:
             sample = list(range(min(len(images.files), count)))
-            refs = [_reference(datas[n]) for n in sample]
+            refs = [_reference(datas[n], box) for n in sample]
             entry["ssim_min"] = min(_ssim(refs[n], outputs[n]) for n in sample)
             entry["size_ratio"] = sum(len(outputs[n]) for n in sample) / sum(len(r) for r in refs)
         engine.close()
@@ -394,12 +401,16 @@ class _Bytes:
     data: bytes
 
 
-def _reference(data: bytes) -> bytes:
+def _reference(data: bytes, box: int | None = None) -> bytes:
     """Plain decode + encode at quality 50; transparency flattened onto white, as DESIGN §3."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        if box is not None and max(im.size) > box:
+            scale = box / max(im.size)
+            fitted = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(fitted, Image.Resampling.LANCZOS)
         if im.mode in ("RGBA", "LA", "P"):
             rgba = im.convert("RGBA")
             flat = Image.new("RGB", im.size, (255, 255, 255))
