@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+import itertools
+import operator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from bulkresize.errors import InvalidOption
 
@@ -18,6 +20,7 @@ __all__ = [
     "FORMATS",
     "Catalogue",
     "CatalogueRow",
+    "CatalogueRows",
     "EncodedImage",
     "Image",
     "ImageOptions",
@@ -215,6 +218,73 @@ class CatalogueRow:
     urls: tuple[str, ...]
 
 
+class CatalogueRows(Sequence[CatalogueRow]):
+    """The rows of a catalogue, kept as columns and built as they are read.
+
+    A validator of a 100,000-row file need not build 100,000 row objects (and 100,000 URL
+    tuples) before it can answer: each ``CatalogueRow`` is made when it is read. Compares equal
+    to any sequence of the same rows, a tuple included. Immutable, like the tuple it stands for.
+
+    Args:
+        numbers: Each row's data row number.
+        cells: Each row's cells, as written.
+        urls: Every row's URLs, one after the other.
+        counts: How many of ``urls`` belong to each row.
+    """
+
+    __slots__ = ("_cells", "_numbers", "_starts", "_urls")
+
+    def __init__(
+        self,
+        numbers: Sequence[int],
+        cells: Sequence[tuple[str, ...]],
+        urls: Sequence[str],
+        counts: Sequence[int],
+    ) -> None:
+        if not len(numbers) == len(cells) == len(counts):
+            raise ValueError("numbers, cells and counts must have one entry per row")
+        starts = [0, *itertools.accumulate(counts)]
+        if starts[-1] != len(urls):
+            raise ValueError(f"the counts add up to {starts[-1]}, but there are {len(urls)} URLs")
+        self._numbers = numbers
+        self._cells = cells
+        self._urls = urls
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    @overload
+    def __getitem__(self, index: int) -> CatalogueRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[CatalogueRow, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> CatalogueRow | tuple[CatalogueRow, ...]:
+        if isinstance(index, slice):
+            return tuple(self[n] for n in range(*index.indices(len(self))))
+        n = range(len(self))[index]  # negative indexes, and IndexError past the end
+        start, end = self._starts[n], self._starts[n + 1]
+        return CatalogueRow(self._numbers[n], self._cells[n], tuple(self._urls[start:end]))
+
+    def __iter__(self) -> Iterator[CatalogueRow]:
+        spans = map(slice, self._starts, itertools.islice(self._starts, 1, None))
+        return map(
+            CatalogueRow, self._numbers, self._cells, map(tuple, map(self._urls.__getitem__, spans))
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(map(operator.eq, self, other))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"CatalogueRows({tuple(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     """A validated CSV: its header, its rows and where the image URLs are.
@@ -222,12 +292,12 @@ class Catalogue:
     Attributes:
         header: The column headers as written in the file.
         url_column: The index of the ``Input Image Urls`` column in ``header``.
-        rows: The data rows in file order.
+        rows: The data rows in file order: a tuple, or ``CatalogueRows`` built as they are read.
     """
 
     header: tuple[str, ...]
     url_column: int
-    rows: tuple[CatalogueRow, ...]
+    rows: Sequence[CatalogueRow]
 
     @property
     def total_images(self) -> int:

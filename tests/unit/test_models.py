@@ -84,3 +84,26 @@ def test_catalogue_round_trips() -> None:
     )
     assert Catalogue.from_dict(catalogue.to_dict()) == catalogue
     assert catalogue.total_images == 2
+
+
+def test_catalogue_rows_are_built_as_they_are_read() -> None:
+    from bulkresize.models import CatalogueRows
+
+    rows = CatalogueRows([1, 3], [("a", "x,y"), ("b", "z")], ["x", "y", "z"], [2, 1])
+    expected = (CatalogueRow(1, ("a", "x,y"), ("x", "y")), CatalogueRow(3, ("b", "z"), ("z",)))
+    assert len(rows) == 2
+    assert tuple(rows) == expected
+    assert rows[0] == expected[0] and rows[-1] == expected[1]
+    assert rows[::-1] == expected[::-1]
+    assert rows == expected and expected == rows and rows == list(expected)
+    assert rows != expected[:1] and rows != "ab"
+    assert hash(rows) == hash(expected)
+    assert repr(rows) == f"CatalogueRows({expected!r})"
+    assert Catalogue(("S", "U"), 1, rows) == Catalogue(("S", "U"), 1, expected)
+    assert Catalogue.from_dict(Catalogue(("S", "U"), 1, rows).to_dict()).rows == expected
+    with pytest.raises(IndexError):
+        rows[2]
+    with pytest.raises(ValueError, match="add up to 2"):
+        CatalogueRows([1], [("a",)], ["x", "y", "z"], [2])
+    with pytest.raises(ValueError, match="one entry per row"):
+        CatalogueRows([1, 2], [("a",)], ["x"], [1])

@@ -45,7 +45,7 @@ import pandera.errors
 import pandera.pandas as pa
 
 from bulkresize.errors import UploadTooLarge, ValidationFailed
-from bulkresize.models import Catalogue, CatalogueRow, ValidationProblem
+from bulkresize.models import Catalogue, CatalogueRows, ValidationProblem
 from bulkresize.validation.base import Validator
 
 __all__ = [
@@ -268,19 +268,35 @@ class PanderaValidator(Validator):
         """
         longest = self.max_url_length
         accepted = _HTTP_OR_LOCAL if allow_local_files else _HTTP_SCHEME
+        # One scan settles the common case for all three checks: an http(s) URL with a plain
+        # host, short enough, passes each of them. Each check looks only at the rest.
+        settled: list[tuple[object, pd.Series[bool]]] = []
+
+        def fine_by_scan(urls: pd.Series[str]) -> pd.Series[bool]:
+            # The checks of one column see the same array; the scan runs once for the three.
+            if not settled or settled[0][0] is not urls.array:
+                lengths = np.fromiter(map(len, urls.tolist()), dtype=np.int64, count=len(urls))
+                plain = ~_scan(urls, f"(?!{_PLAIN_HOST})") & (lengths <= longest)
+                settled[:] = [(urls.array, plain)]
+            return settled[0][1].copy()
 
         def source_is_allowed(urls: pd.Series[str]) -> pd.Series[bool]:
-            return ~_scan(urls, f"(?!{accepted})")
+            fine = fine_by_scan(urls)
+            if not fine.all():
+                fine[~fine] = ~_scan(urls[~fine], f"(?!{accepted})")
+            return fine
 
         def has_host_if_http(urls: pd.Series[str]) -> pd.Series[bool]:
-            # A cheap pattern settles almost every URL; the full one looks at the rest.
-            fine = ~_scan(urls, f"(?!{_PLAIN_HOST})")
+            fine = fine_by_scan(urls)
             if not fine.all():
                 fine[~fine] = urls[~fine].str.match(_HOST_IF_HTTP)
             return fine
 
         def is_short_enough(urls: pd.Series[str]) -> pd.Series[bool]:
-            return urls.str.len() <= longest
+            fine = fine_by_scan(urls)
+            if not fine.all():
+                fine[~fine] = urls[~fine].str.len() <= longest
+            return fine
 
         return pa.DataFrameSchema(
             {
@@ -331,7 +347,7 @@ class PanderaValidator(Validator):
         header = _Header(header_cells, self.aliases)
         located = list(header.problems)
         width = len(header.written)
-        if all(len(record) == width for record in records):  # the common case, kept cheap
+        if set(map(len, records)) <= {width}:  # the common case, kept cheap
             numbers: Sequence[int] = range(1, len(records) + 1)
             good = records
             row_numbers = np.arange(1, len(records) + 1, dtype=np.int64)
@@ -349,10 +365,11 @@ class PanderaValidator(Validator):
         rows = _row_frame(header, good, row_numbers)
         located.extend(self._check(self.row_schema(), rows, header, row_numbers, None))
         url_index = header.canonical_index.get(URLS)
-        url_lists: list[tuple[str, ...]] = []
+        urls_flat: list[str] = []
+        counts: list[int] = []
         if url_index is not None:
-            url_lists = _split_all(map(operator.itemgetter(url_index), good))
-            urls, where, position = _url_frame(url_lists, row_numbers)
+            urls_flat, counts = _split_flat(list(map(operator.itemgetter(url_index), good)))
+            urls, where, position = _url_frame(urls_flat, counts, row_numbers)
             schema = self.url_schema(allow_local_files=allow_local_files)
             located.extend(self._check(schema, urls, header, where, position))
         if not records:
@@ -365,7 +382,7 @@ class PanderaValidator(Validator):
         return Catalogue(
             header=header.written,
             url_column=url_index,
-            rows=tuple(map(CatalogueRow, numbers, good, url_lists)),
+            rows=CatalogueRows(numbers, good, urls_flat, counts),
         )
 
     def _parse(self, text: str) -> tuple[list[str], list[tuple[str, ...]]]:
@@ -540,6 +557,22 @@ def _split_all(cells: Iterable[str]) -> list[tuple[str, ...]]:
     return list(map(tuple, map(filter, itertools.repeat(None), trimmed)))
 
 
+def _split_flat(cells: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Every cell's ``_split_urls``, one list after the other, and how many each cell gave.
+
+    The common case, where no cell is blank and no entry is empty once trimmed, is one split of
+    all the cells joined by commas: a cell with n commas then gives n + 1 URLs. Anything else
+    takes the cell-by-cell way.
+    """
+    pieces = ",".join(cells).split(",")
+    flat = list(map(str.strip, pieces))
+    if "" not in flat:  # so no cell is blank and none has an empty entry
+        counts = [count + 1 for count in map(str.count, cells, itertools.repeat(","))]
+        return flat, counts
+    lists = _split_all(cells)
+    return list(itertools.chain.from_iterable(lists)), list(map(len, lists))
+
+
 def _count_urls(cells: pd.Series[str]) -> pd.Series[int]:
     return cells.str.count(_URL_ENTRY)
 
@@ -565,20 +598,15 @@ def _scan(values: pd.Series[str], pattern: str) -> pd.Series[bool]:
 
 
 def _url_frame(
-    url_lists: Sequence[tuple[str, ...]], row_numbers: np.ndarray[Any, Any]
+    urls: list[str], counts: Sequence[int], row_numbers: np.ndarray[Any, Any]
 ) -> tuple[pd.DataFrame, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Explode the rows' URL lists into one frame row per URL (index 0..n-1)."""
-    counts = np.fromiter(map(len, url_lists), dtype=np.int64, count=len(url_lists))
-    where = np.repeat(row_numbers.astype(np.int64), counts)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    """One frame row per URL (index 0..n-1), from every row's URLs and how many each has."""
+    per_row = np.asarray(counts, dtype=np.int64)
+    where = np.repeat(row_numbers.astype(np.int64), per_row)
+    starts = np.repeat(np.cumsum(per_row) - per_row, per_row)
     position = np.arange(len(where), dtype=np.int64) - starts + 1
-    urls = pd.Series(_chain(url_lists), dtype="str")
-    frame = pd.DataFrame({ROW: where, POSITION: position, URLS: urls})
+    frame = pd.DataFrame({ROW: where, POSITION: position, URLS: pd.Series(urls, dtype="str")})
     return frame, where, position
-
-
-def _chain(lists: Iterable[tuple[str, ...]]) -> list[str]:
-    return [url for urls in lists for url in urls]
 
 
 def _is_missing(value: object) -> bool:
