@@ -1,9 +1,21 @@
 """The DCT engine against the Pillow engine's pixel path, which is the reference.
 
 "Holds up" means, for every JPEG it transcodes: the same size, the same quantisation tables,
-SSIM >= 0.98 against the pixel path's output (greyscale, scikit-image), mean colour within one
-level per channel, and a file within 3% of the pixel path's size. Measured: SSIM 0.995 and
-+0.1 to +2% at quality 50 on photo-like JPEGs saved at quality 90 or 95; +3 to +4.5% at 65.
+mean colour within one level per channel, a file within 2.5% of the pixel path's size (5% at
+quality 65), and, for the picture itself, two SSIM figures (greyscale, scikit-image):
+
+- against the source, as close as the pixel path's output (within 0.005; measured 0.0003 to
+  0.0026 further);
+- against the pixel path's output, at least 0.98 for quality-90 sources re-encoded at 50
+  (measured 0.995), and at least 0.96 for every other pair of source and target quality
+  (measured 0.969 to 0.997).
+
+The second figure depends on the source: near a rounding boundary the pixel path's own
+sample rounding (about +-0.15 of a quality-50 step) decides which way a coefficient goes. At
+quality 90 every step is a fifth of the quality-50 one, so no rescaled value lies near a
+boundary; for other pairs the ratios are irregular, many do, and the two outputs differ there
+like two equally good encodes, each about as close to the source as the other. The test
+photos carry heavy grain, the worst case for that agreement.
 """
 
 from __future__ import annotations
@@ -28,7 +40,10 @@ from bulkresize.testing import EngineContract
 from bulkresize_dct import DctEngine
 from bulkresize_dct._transcode import requantize
 
-SSIM_FLOOR = 0.98
+#: SSIM against the pixel path's output: sources at quality 90, and at any other quality.
+AGREEMENT = {90: 0.98, "other": 0.96}
+#: How much closer to the source the pixel path's output may be than the DCT path's.
+FIDELITY_MARGIN = 0.005
 COLOUR_TOLERANCE = 1.0
 #: Output size against the pixel path's, by target quality (from quality-90 sources): the
 #: further the target is from the source, the closer the two paths' files.
@@ -52,7 +67,7 @@ def _photo(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
     channels = []
     for _ in range(3):
         gradient = Image.linear_gradient("L").rotate(rng.uniform(0, 360)).resize(small)
-        texture = Image.effect_noise(small, 60).filter(ImageFilter.GaussianBlur(2))
+        texture = _noise(small, rng).filter(ImageFilter.GaussianBlur(2))
         channels.append(Image.blend(gradient, texture, 0.45).resize(size, Image.Resampling.BICUBIC))
     im = Image.merge("RGB", channels)
     draw = ImageDraw.Draw(im)
@@ -60,8 +75,13 @@ def _photo(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
         x, y, r = rng.randrange(size[0]), rng.randrange(size[1]), rng.randrange(4, size[0] // 4)
         fill = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=2)
-    im = Image.blend(im, Image.effect_noise(size, 48).convert("RGB"), 0.15)
+    im = Image.blend(im, _noise(size, rng).convert("RGB"), 0.15)
     return im.convert(mode)
+
+
+def _noise(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """Grey noise from the seeded generator (Image.effect_noise would differ on every run)."""
+    return Image.frombytes("L", size, rng.randbytes(size[0] * size[1]))
 
 
 def _jpeg(im: Image.Image, **params: object) -> bytes:
@@ -71,7 +91,12 @@ def _jpeg(im: Image.Image, **params: object) -> bytes:
 
 
 def _assert_holds_up(
-    reference: EncodedImage, candidate: EncodedImage, size_tolerance: float = 0.025
+    reference: EncodedImage,
+    candidate: EncodedImage,
+    source: bytes,
+    *,
+    agreement: float = AGREEMENT[90],
+    size_tolerance: float = 0.025,
 ) -> None:
     """The candidate is the reference's picture, at its size, tables and colour."""
     assert (candidate.width, candidate.height) == (reference.width, reference.height)
@@ -84,7 +109,11 @@ def _assert_holds_up(
         assert out.quantization == ref.quantization
         assert not {"exif", "icc_profile", "comment", "dpi"} & set(out.info)
         grey = [np.asarray(im.convert("L")) for im in (ref, out)]
-        assert structural_similarity(*grey, data_range=255) >= SSIM_FLOOR
+        assert structural_similarity(*grey, data_range=255) >= agreement
+        with Image.open(io.BytesIO(source)) as original:
+            truth = np.asarray(original.convert("L"))
+        pixel_path, dct_path = (structural_similarity(truth, g, data_range=255) for g in grey)
+        assert dct_path >= pixel_path - FIDELITY_MARGIN
         means = [ImageStat.Stat(im.convert("RGB")).mean for im in (ref, out)]
         assert max(abs(a - b) for a, b in zip(*means, strict=True)) <= COLOUR_TOLERANCE
     assert abs(len(candidate.data) / len(reference.data) - 1) <= size_tolerance
@@ -96,7 +125,9 @@ PHOTOS = {
     "grey": lambda: _jpeg(_photo((400, 300), 3, "L")),
     "progressive": lambda: _jpeg(_photo((500, 375), 4), progressive=True),
     "optimised-huffman": lambda: _jpeg(_photo((320, 240), 5), optimize=True),
-    "quality-95": lambda: _jpeg(_photo((480, 320), 6), quality=95),
+    "quality-93": lambda: _jpeg(_photo((480, 320), 6), quality=93),
+    "quality-95": lambda: _jpeg(_photo((480, 320), 7), quality=95),
+    "quality-97": lambda: _jpeg(_photo((480, 320), 8), quality=97),
 }
 
 
@@ -109,18 +140,28 @@ def test_a_transcoded_photo_holds_up_against_the_pixel_path(name: str, quality: 
     options = ImageOptions(quality=quality)
     result = DctEngine().process(data, options)
     assert result.data == transcoded
-    _assert_holds_up(PillowEngine().process(data, options), result, SIZE_TOLERANCE[quality])
+    agreement = AGREEMENT[90] if quality == 50 and "quality" not in name else AGREEMENT["other"]
+    reference = PillowEngine().process(data, options)
+    _assert_holds_up(
+        reference, result, data, agreement=agreement, size_tolerance=SIZE_TOLERANCE[quality]
+    )
 
 
 def test_the_checks_catch_a_wrong_table_or_a_wrong_picture() -> None:
     data, other = PHOTOS["rgb-420"](), _jpeg(_photo((640, 480), 99))
     reference = PillowEngine().process(data, ImageOptions())
-    _assert_holds_up(reference, replace(reference, data=requantize(data, 50)[0]))
+    _assert_holds_up(reference, replace(reference, data=requantize(data, 50)[0]), data)
     wrong_table = replace(reference, data=requantize(data, 40)[0])
     wrong_picture = replace(reference, data=requantize(other, 50)[0])
     for candidate in (wrong_table, wrong_picture):
         with pytest.raises(AssertionError):
-            _assert_holds_up(reference, candidate)
+            _assert_holds_up(reference, candidate, data)
+    # A picture further from the source than the pixel path's fails on fidelity alone.
+    blurred = Image.open(io.BytesIO(reference.data)).filter(ImageFilter.GaussianBlur(1.2))
+    buffer = io.BytesIO()
+    blurred.save(buffer, "JPEG", quality=50)
+    with pytest.raises(AssertionError):
+        _assert_holds_up(reference, replace(reference, data=buffer.getvalue()), data, agreement=0)
 
 
 @pytest.mark.parametrize(
