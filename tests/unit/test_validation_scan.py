@@ -101,3 +101,19 @@ def test_splitting_all_cells_at_once_equals_splitting_each(cells: list[str]) -> 
     per_cell = [module._split_urls(cell) for cell in cells]
     assert counts == [len(urls) for urls in per_cell]
     assert urls == [url for each in per_cell for url in each]
+
+
+def test_blank_cells_are_reported_once_beside_the_other_row_checks() -> None:
+    """The row checks skip missing cells themselves (ignore_na=False), as pandera would."""
+    validator = module.PanderaValidator(max_urls_per_row=2)
+    data = (
+        b"S. No.,Product Name,Input Image Urls\n1,A,\n"
+        b'2,B,"https://a/1,https://a/2,https://a/3"\n3,C," , "\n4,D,https://a/4\n'
+    )
+    with pytest.raises(module.ValidationFailed) as caught:
+        validator.validate(data)
+    assert [(p.row, p.message) for p in caught.value.problems] == [
+        (1, "no image URL"),
+        (2, "has 3 image URLs; at most 2 are allowed"),
+        (3, "no image URL"),
+    ]

@@ -35,7 +35,7 @@ import math
 import operator
 import re
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -221,10 +221,15 @@ class PanderaValidator(Validator):
         """
         maximum = self.max_urls_per_row
 
+        # Blank cells are the nullable check's to report; these two pass them (ignore_na=False
+        # and _present: pandera's own way of leaving them out copies the whole column).
         def has_a_url(cells: pd.Series[str]) -> pd.Series[bool]:
-            return ~_scan(cells, _NO_URL)  # so at least one non-empty entry
+            return _present(cells, lambda present: ~_scan(present, _NO_URL))
 
         def has_few_enough_urls(cells: pd.Series[str]) -> pd.Series[bool]:
+            return _present(cells, few_enough)
+
+        def few_enough(cells: pd.Series[str]) -> pd.Series[bool]:
             # More than `maximum` URLs take 2 * maximum + 1 characters and `maximum` commas at
             # least: two cheap tests that leave next to no cell to count.
             suspect = cells.str.len() > 2 * maximum
@@ -246,8 +251,8 @@ class PanderaValidator(Validator):
                 URLS: pa.Column(
                     nullable=False,
                     checks=[
-                        pa.Check(has_a_url, name=_MIN_URLS),
-                        pa.Check(has_few_enough_urls, name=_MAX_URLS),
+                        pa.Check(has_a_url, name=_MIN_URLS, ignore_na=False),
+                        pa.Check(has_few_enough_urls, name=_MAX_URLS, ignore_na=False),
                     ],
                 ),
             },
@@ -302,9 +307,13 @@ class PanderaValidator(Validator):
             {
                 URLS: pa.Column(
                     checks=[
-                        pa.Check(source_is_allowed, name=_SOURCE if allow_local_files else _SCHEME),
-                        pa.Check(has_host_if_http, name=_HOST),
-                        pa.Check(is_short_enough, name=_LENGTH),
+                        pa.Check(
+                            source_is_allowed,
+                            name=_SOURCE if allow_local_files else _SCHEME,
+                            ignore_na=False,
+                        ),
+                        pa.Check(has_host_if_http, name=_HOST, ignore_na=False),
+                        pa.Check(is_short_enough, name=_LENGTH, ignore_na=False),
                     ],
                 ),
             },
@@ -571,6 +580,18 @@ def _split_flat(cells: Sequence[str]) -> tuple[list[str], list[int]]:
         return flat, counts
     lists = _split_all(cells)
     return list(itertools.chain.from_iterable(lists)), list(map(len, lists))
+
+
+def _present(
+    cells: pd.Series[str], check: Callable[[pd.Series[str]], pd.Series[bool]]
+) -> pd.Series[bool]:
+    """``check`` on the cells that are not missing; missing ones pass."""
+    if not cells.hasnans:
+        return check(cells)
+    fine = pd.Series(True, index=cells.index, dtype=bool)
+    present = cells.notna()
+    fine[present] = check(cells[present])
+    return fine
 
 
 def _count_urls(cells: pd.Series[str]) -> pd.Series[int]:
