@@ -784,16 +784,24 @@ class _Recorder:
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._active = 0  # jobs between job() and their outcome's commit
+        self._active = 0  # jobs in job() that have not handed their outcome over yet
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
         """Mark a job in flight, so that a batch waits (briefly) for its outcome too."""
         with self._lock:
             self._active += 1
+        self._local.in_flight = True
         try:
             yield
         finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        """The calling thread's job is no longer awaited (its outcome is in, or it failed)."""
+        if getattr(self._local, "in_flight", False):
+            self._local.in_flight = False
             with self._lock:
                 self._active -= 1
 
@@ -809,6 +817,7 @@ class _Recorder:
                 )
                 self._thread.start()
             self._pending.put(((request_id, row, position, outcome), future))
+        self._leave()
         return future.result()
 
     def close(self) -> None:
@@ -827,9 +836,13 @@ class _Recorder:
                 return
             batch = [item]
             deadline = time.monotonic() + self._LINGER
-            while len(batch) < min(self._BATCH, self._active):
+            while len(batch) < self._BATCH:
+                # Wait only while some job in flight has yet to hand its outcome over.
+                wait = deadline - time.monotonic() if self._active else 0.0
                 try:
-                    more = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
+                    more = (
+                        self._pending.get(timeout=wait) if wait > 0 else self._pending.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if more is None:

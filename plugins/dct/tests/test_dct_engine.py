@@ -222,3 +222,34 @@ def test_quality_outside_libjpeg_range_is_refused() -> None:
 
 def test_the_engine_is_registered_as_dct() -> None:
     assert isinstance(create_backend("engine", "dct", ImageEngine), DctEngine)
+
+
+def test_a_progressive_file_cut_after_its_first_scans_takes_the_pixel_path() -> None:
+    """It ends cleanly (EOI) but unrefined: the pixel path smooths, a transcode would block."""
+    data = PHOTOS["progressive"]()
+    scans = [n for n in range(len(data) - 1) if data[n : n + 2] == b"\xff\xda"]
+    assert len(scans) > 3
+    cut = data[: scans[2]] + b"\xff\xd9"
+    transcoded, reason = requantize(cut, 50)
+    assert transcoded is None
+    assert "progressive" in reason
+    assert DctEngine().process(cut, ImageOptions()) == PillowEngine().process(cut, ImageOptions())
+
+
+def test_sixteen_bit_source_tables_are_requantised_too() -> None:
+    """Steps of 1000 and 2000 need 16-bit tables; every value is rescaled and clamped alike."""
+    buffer = io.BytesIO()
+    _photo((64, 48), 1).save(buffer, "JPEG", qtables=[[1000] * 64, [2000] * 64])
+    data = buffer.getvalue()
+    transcoded, reason = requantize(data, 50)
+    assert transcoded is not None, reason
+    result = DctEngine().process(data, ImageOptions())
+    reference = PillowEngine().process(data, ImageOptions())
+    with (
+        Image.open(io.BytesIO(result.data)) as out,
+        Image.open(io.BytesIO(reference.data)) as ref,
+    ):
+        assert out.size == ref.size
+        means = [ImageStat.Stat(im.convert("RGB")).mean for im in (ref, out)]
+        # A coefficient that wrapped or was clamped to the wrong side would swing a block.
+        assert max(abs(a - b) for a, b in zip(*means, strict=True)) <= 3

@@ -64,6 +64,20 @@ static int suitable(const struct jpeg_decompress_struct *src)
            c[1].v_samp_factor == 1 && c[2].h_samp_factor == 1 && c[2].v_samp_factor == 1;
 }
 
+/* Whether every coefficient of a progressive file was sent in full. A file may end after its
+ * first scans without a warning; the pixel path's decoder then smooths the missing ones in, and
+ * a transcode would keep them at zero, which shows as blocks. */
+static int complete(const struct jpeg_decompress_struct *src)
+{
+    if (!src->progressive_mode)
+        return 1;
+    for (int ci = 0; ci < src->num_components; ci++)
+        for (int k = 0; k < DCTSIZE2; k++)
+            if (src->coef_bits[ci][k] != 0)
+                return 0;
+    return 1;
+}
+
 /* value * from / to, rounded to the nearest whole number and clamped to what baseline Huffman
  * coding can carry. The pixel path has no fixed rule for exact halves: the samples' rounding
  * noise tips each one either way, about evenly. Rounding all up makes the file larger and all
@@ -79,6 +93,9 @@ static void rescale_block(JCOEF *block, const float *ratio, const float *tilt, l
     int tied = 0, kept = 0;
     for (int k = 0; k < DCTSIZE2; k++) {
         float scaled = (float)block[k] * ratio[k];
+        /* 16-bit source tables can scale far past int; clamp first (to the range kept below). */
+        scaled = scaled > 1024.0f ? 1024.0f : scaled;
+        scaled = scaled < -1024.0f ? -1024.0f : scaled;
         int up = (int)((scaled + TILT + magic) - magic);
         int down = (int)((scaled - TILT + magic) - magic);
         int result = tilt[k] > 0 ? up : down;
@@ -100,6 +117,10 @@ static enum outcome transcode(job *j, const unsigned char *data, size_t size, in
     j->err.pub.emit_message = on_message;
     j->err.pub.output_message = on_output;
     if (setjmp(j->err.jump)) {
+        /* The memory destination keeps a grown buffer to itself until it terminates; let it
+         * hand the live one back, so the caller frees that and not one already freed. */
+        if (j->have_dst && j->dst.dest != NULL)
+            (*j->dst.dest->term_destination)(&j->dst);
         j->reason = j->err.message;
         return FAILED;
     }
@@ -117,6 +138,10 @@ static enum outcome transcode(job *j, const unsigned char *data, size_t size, in
     jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&j->src);
     if (j->err.pub.num_warnings) {
         j->reason = "the data is damaged";
+        return UNSUITABLE;
+    }
+    if (!complete(&j->src)) {
+        j->reason = "a progressive scan is missing or unrefined";
         return UNSUITABLE;
     }
 
