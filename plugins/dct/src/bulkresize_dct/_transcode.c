@@ -93,9 +93,6 @@ static void rescale_block(JCOEF *block, const float *ratio, const float *tilt, l
     int tied = 0, kept = 0;
     for (int k = 0; k < DCTSIZE2; k++) {
         float scaled = (float)block[k] * ratio[k];
-        /* 16-bit source tables can scale far past int; clamp first (to the range kept below). */
-        scaled = scaled > 1024.0f ? 1024.0f : scaled;
-        scaled = scaled < -1024.0f ? -1024.0f : scaled;
         int up = (int)((scaled + TILT + magic) - magic);
         int down = (int)((scaled - TILT + magic) - magic);
         int result = tilt[k] > 0 ? up : down;
@@ -168,6 +165,10 @@ static enum outcome transcode(job *j, const unsigned char *data, size_t size, in
         float ratio[DCTSIZE2], tilt[2][DCTSIZE2];
         for (int k = 0; k < DCTSIZE2; k++) {
             ratio[k] = (float)from->quantval[k] / (float)to->quantval[k];
+            /* 16-bit source tables can make the ratio huge; capped at 1024, |value * ratio|
+             * stays below 2^25 (so the conversion to int is defined) and any non-zero value
+             * still lands past the clamp to +-1023, as it would have. */
+            ratio[k] = ratio[k] > 1024.0f ? 1024.0f : ratio[k];
             tilt[0][k] = (k + k / DCTSIZE) % 2 ? TILT : -TILT;
             tilt[1][k] = -tilt[0][k];
         }
