@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bulkresize.testing import require_corpus
+
 sys.path.insert(0, str(Path(__file__).parent))  # for the test helpers beside this file
 
 from origin import Origin
@@ -28,11 +30,7 @@ def origin() -> Iterator[Origin]:
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     """The shared corpus of real-world images that break pipelines."""
-    if not CORPUS.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the image corpus is missing at {CORPUS}")
-        pytest.skip(f"the image corpus is missing at {CORPUS}")
-    return CORPUS
+    return require_corpus(CORPUS)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bulkresize.testing import require_corpus
+
 #: The shared corpus of real-world images, beside the repository: plugins/dct/tests → ../../../..
 CORPUS = Path(
     os.environ.get(
@@ -19,8 +21,4 @@ CORPUS = Path(
 @pytest.fixture(scope="session")
 def dct_corpus_dir() -> Path:
     """The shared corpus; skipped when missing locally, a failure when ``CI=true``."""
-    if not CORPUS.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the image corpus is missing at {CORPUS}")
-        pytest.skip(f"the image corpus is missing at {CORPUS}")
-    return CORPUS
+    return require_corpus(CORPUS)

@@ -13,7 +13,7 @@ The classes' names do not start with ``Test``, so pytest collects them only thro
 subclass. A capability that not every backend has is a fixture flag that defaults to on.
 """
 
-from bulkresize.testing.engine import EngineContract
+from bulkresize.testing.engine import EngineContract, require_corpus
 from bulkresize.testing.queue import QueueContract
 from bulkresize.testing.repository import RepositoryContract, WebhookOutboxContract
 from bulkresize.testing.storage import StorageContract
@@ -26,4 +26,5 @@ __all__ = [
     "StorageContract",
     "ValidatorContract",
     "WebhookOutboxContract",
+    "require_corpus",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import warnings
@@ -29,6 +30,28 @@ KNOWN_FAILURES = {
     "truncated_jpeg.jpg": "decode_error",
     "ultrahdr.jpg": "decode_error",
 }
+
+
+def require_corpus(folder: str | os.PathLike[str]) -> Path:
+    """The folder of real images for ``corpus_dir``, if it is there.
+
+    For a ``corpus_dir`` fixture whose folder lives outside the package (a shared checkout, a
+    download): when it is missing, the test is skipped on a developer's machine and fails when
+    ``CI=true``, so that CI can never skip the corpus silently.
+
+    Args:
+        folder: Where the corpus should be.
+
+    Returns:
+        ``folder`` as a ``Path``.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        message = f"the image corpus is missing at {path}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def _encode(im: Image.Image, fmt: str, **params: Any) -> bytes:
