@@ -810,6 +810,9 @@ class _Recorder:
     ) -> Request | None:
         """``Repository.record_image``, batched with the outcomes of other threads."""
         future: concurrent.futures.Future[Request | None] = concurrent.futures.Future()
+        # Out of the count before the outcome is in the queue: a writer that saw the count
+        # first would wait out the linger for an outcome it already has.
+        self._leave()
         with self._lock:
             if self._thread is None:  # started on first use: nothing runs before it is needed
                 self._thread = threading.Thread(
@@ -817,7 +820,6 @@ class _Recorder:
                 )
                 self._thread.start()
             self._pending.put(((request_id, row, position, outcome), future))
-        self._leave()
         return future.result()
 
     def close(self) -> None:
