@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,9 +40,28 @@ _PIECES = st.sampled_from(
         "\\",
         "é",
         "\u2003",
+        # Whitespace at the edges of what Arrow and Python agree on (str.strip, \s).
+        "\x0b",
+        "\x1c",
+        "\x85",
+        "\xa0",
+        "\u3000",
+        "HtTpS",
+        "%",
+        "~",
     ]
 )
-_VALUES = st.lists(st.lists(_PIECES, max_size=8).map("".join), max_size=30)
+# URL-shaped values: a scheme, a separator, a host of awkward pieces and a tail.
+_URLISH = st.tuples(
+    st.sampled_from(["http", "https", "HTTP", "hTtPs", "ftp", "file", ""]),
+    st.sampled_from(["://", ":/", ":", "//", ":///"]),
+    st.lists(
+        st.sampled_from(["a", "b.c", "@", ":", "[", "]", "::1", " ", "é", "%41", "~", "-", "\t"]),
+        max_size=4,
+    ).map("".join),
+    st.sampled_from(["", "/", "/x y", "?q", "#f", ":80/", ":x"]),
+).map("".join)
+_VALUES = st.lists(st.lists(_PIECES, max_size=8).map("".join) | _URLISH, max_size=30)
 _PATTERNS = {
     "host": module._HOST_IF_HTTP,
     "plain host": module._PLAIN_HOST,
@@ -97,10 +118,42 @@ def test_the_url_checks_answer_as_their_rules_say(
 @settings(max_examples=300)
 @given(cells=st.lists(st.lists(_PIECES, max_size=8).map("".join), max_size=20))
 def test_splitting_all_cells_at_once_equals_splitting_each(cells: list[str]) -> None:
-    urls, counts = module._split_flat(cells)
+    urls, counts = module._split_flat(pa.array(cells, type=pa.large_string()))
     per_cell = [module._split_urls(cell) for cell in cells]
-    assert counts == [len(urls) for urls in per_cell]
-    assert urls == [url for each in per_cell for url in each]
+    assert counts.tolist() == [len(urls) for urls in per_cell]
+    assert urls.to_pylist() == [url for each in per_cell for url in each]
+
+
+@settings(max_examples=300)
+@given(cells=st.lists(st.lists(_PIECES, max_size=8).map("".join), max_size=20))
+def test_the_row_frame_trims_as_str_strip_does(cells: list[str]) -> None:
+    """Arrow trims and blanks cells exactly as Python would: blank cells become missing."""
+    header = module._Header(["S. No.", "Product Name", "Input Image Urls"], module.DEFAULT_ALIASES)
+    records = [(str(n), cell, cell) for n, cell in enumerate(cells, start=1)]
+    numbers = np.arange(1, len(cells) + 1)
+    frame = module._row_frame(header, records, numbers)
+    expected = [cell.strip() or None for cell in cells]
+    found = [None if pd.isna(value) else value for value in frame[module.URLS]]
+    assert found == expected
+    assert str(frame[module.URLS].dtype) == "str"
+
+
+@settings(max_examples=300)
+@given(cells=st.lists(st.lists(_PIECES, max_size=8).map("".join), max_size=20))
+def test_the_row_checks_answer_as_their_rules_say(cells: list[str]) -> None:
+    """The vectorised first pass of the URL-count checks changes no answer."""
+    validator = module.PanderaValidator(max_urls_per_row=2)
+    column = validator.row_schema().columns[module.URLS]
+    checks = {check.name: check._check_fn for check in column.checks}
+    series = pd.Series([cell.strip() or None for cell in cells], dtype="str")
+    counts = [len(module._split_urls(cell)) for cell in cells]
+    blank = [not cell.strip() for cell in cells]
+    assert checks[module._MIN_URLS](series).tolist() == [  # type: ignore[operator]
+        b or c > 0 for b, c in zip(blank, counts, strict=True)
+    ]
+    assert checks[module._MAX_URLS](series).tolist() == [  # type: ignore[operator]
+        b or c <= 2 for b, c in zip(blank, counts, strict=True)
+    ]
 
 
 def test_blank_cells_are_reported_once_beside_the_other_row_checks() -> None:
