@@ -32,7 +32,7 @@ class Run:
 
 
 def run_child(command: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> Run:
-    """Run a command to its end: wall time, and its own peak RSS.
+    """Run a command to its end: wall time, and the peak RSS of it and its children.
 
     The peak is read from ``VmHWM`` in ``/proc/<pid>/status`` while the child runs, not from
     ``wait4``: Linux seeds a child's ``ru_maxrss`` with the RSS of the process it was forked
@@ -52,10 +52,15 @@ def run_child(command: Sequence[str], env: dict[str, str], cwd: Path | None = No
 
 
 class PeakRSS:
-    """Follows a process's ``VmHWM`` (its peak resident memory) until it exits."""
+    """Follows the peak resident memory of a process and its children until it exits.
+
+    The process's own ``VmHWM`` catches its peaks between two looks; the sum of ``VmRSS`` over
+    the process and every descendant (``bulkresize process`` validates in a child, say) is
+    taken at each look. The figure is the larger of the two peaks.
+    """
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self._path = Path(f"/proc/{pid}/status")
+        self._pid = pid
         self._interval = interval
         self._kib = 0
         self._done = threading.Event()
@@ -64,12 +69,11 @@ class PeakRSS:
 
     def _follow(self) -> None:
         while not self._done.is_set():
-            try:
-                for line in self._path.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self._kib = max(self._kib, int(line.split()[1]))
-            except (OSError, ValueError):
+            own = _status_kib(self._pid, "VmHWM:")
+            if own is None:
                 return  # the process is gone
+            tree = sum(_status_kib(pid, "VmRSS:") or 0 for pid in _descendants(self._pid))
+            self._kib = max(self._kib, own, tree)
             self._done.wait(self._interval)
 
     def stop(self) -> None:
@@ -81,6 +85,31 @@ class PeakRSS:
     def megabytes(self) -> float:
         """The highest peak seen, in MiB."""
         return self._kib / 1024
+
+
+def _status_kib(pid: int, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status``; ``None`` once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return 0  # a zombie has no memory fields
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process and all its descendants, from ``/proc/<pid>/task/*/children``."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                pending.extend(int(child) for child in children.read_text().split())
+            except (OSError, ValueError):
+                continue  # the thread or the process ended meanwhile
+    return found
 
 
 def cpu_of(pid: int) -> float:

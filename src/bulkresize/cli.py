@@ -108,7 +108,7 @@ def process(
 
     Exit code 0 when the request completed, 1 when it failed, 2 for an invalid CSV or usage.
     """
-    from bulkresize.service import Pipeline  # lazy: `bulkresize --help` stays fast
+    from bulkresize.service import Pipeline, create_validator  # lazy: `--help` stays fast
 
     if not csv_file.is_file():
         raise _Invalid(f"no such file: {csv_file}")
@@ -122,7 +122,10 @@ def process(
         "max_height": max_height,
     }
     settings = _settings()
-    with _errors(), Pipeline.from_settings(settings) as pipeline:
+    # The CSV is checked in a child process: this one, which then fetches and encodes every
+    # image, never holds pandas and pyarrow, nor the memory that parsing a large CSV takes.
+    validator = create_validator(settings, isolated=True)
+    with _errors(), Pipeline.from_settings(settings, validator=validator) as pipeline:
         pipeline.start()
         request = pipeline.submit(
             csv_file.read_bytes(), options=options, base_dir=csv_file.resolve().parent

@@ -122,6 +122,10 @@ class ValidationFailed(BulkResizeError):
         more = f" (and {count - 1} more)" if count > 1 else ""
         super().__init__(f"{first}{more}")
 
+    def __reduce__(self) -> tuple[type[ValidationFailed], tuple[list[ValidationProblem]]]:
+        # Rebuilt from its problems, not its message, when it crosses a process boundary.
+        return type(self), (self.problems,)
+
 
 class ImageError(BulkResizeError):
     """One image could not be processed. ``code`` is the stable error code of the status API."""

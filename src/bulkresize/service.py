@@ -732,20 +732,28 @@ class Pipeline:
             time.sleep(poll_interval)
 
 
-def create_validator(settings: Settings) -> Validator:
+def create_validator(settings: Settings, *, isolated: bool = False) -> Validator:
     """The configured CSV validator, with the deployment's limits.
+
+    Args:
+        settings: The deployment settings.
+        isolated: Run it in a child process per CSV (:class:`IsolatedValidator`), so that this
+            process never loads the validator's libraries; a missing validator is then
+            reported when the first CSV is validated.
 
     Raises:
         BackendNotFound: ``settings.validator`` names no installed validator.
     """
-    return create_backend(
-        "validator",
-        settings.validator,
-        Validator,
-        max_rows=settings.max_rows,
-        max_urls_per_row=settings.max_urls_per_row,
-        max_upload_bytes=settings.max_upload_bytes,
-    )
+    limits = {
+        "max_rows": settings.max_rows,
+        "max_urls_per_row": settings.max_urls_per_row,
+        "max_upload_bytes": settings.max_upload_bytes,
+    }
+    if isolated:
+        from bulkresize.validation.isolated import IsolatedValidator
+
+        return IsolatedValidator(settings.validator, limits)
+    return create_backend("validator", settings.validator, Validator, **limits)
 
 
 def _source_url(url: str, base_dir: Path | None) -> str:
