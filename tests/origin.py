@@ -61,6 +61,11 @@ class Origin:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         #: Every POST received, as ``(path, headers, body)``, in order.
         self.posts: list[tuple[str, dict[str, str], bytes]] = []
+        #: The client's address of every request: one per TCP connection, reused by keep-alive.
+        self.peers: list[tuple[str, int]] = []
+        #: The most requests that were being answered at once.
+        self.most_at_once = 0
+        self._at_once = 0
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -110,6 +115,9 @@ class Origin:
         path = handler.path.split("?", 1)[0]
         with self._lock:
             self.requests.append((handler.command, handler.path, dict(handler.headers)))
+            self.peers.append(handler.client_address[:2])
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
             if body is not None:
                 self.posts.append((handler.path, dict(handler.headers), body))
             route = self._routes.get(path)
@@ -144,6 +152,9 @@ class Origin:
                 handler.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up, as it should on limits and timeouts
+        finally:
+            with self._lock:
+                self._at_once -= 1
 
     def __enter__(self) -> Origin:
         self._thread.start()

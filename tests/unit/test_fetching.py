@@ -889,9 +889,47 @@ def test_the_default_settings_keep_the_guard_on(origin: Origin, tmp_path: Path) 
         {"max_redirects": -1},
         {"retry_backoff": -0.5},
         {"max_connections": 0},
+        {"connections_per_thread": 0},
         {"allowed_hosts": "example.com"},
     ],
 )
 def test_bad_limits_are_configuration_errors(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         Fetcher(**options)
+
+
+def test_each_thread_keeps_its_own_connection_alive(
+    origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    """A client per thread: no thread scans or borrows a pool shared with the others."""
+    url = origin.add("/a.png", PNG)
+    fetcher = make_fetcher()
+    for _ in range(2):  # two threads, one after the other, three fetches each
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(3):
+                assert pool.submit(fetcher.fetch, url).result().data == PNG
+    first, second = origin.peers[:3], origin.peers[3:]
+    assert len(set(first)) == len(set(second)) == 1  # kept alive within a thread
+    assert set(first) != set(second)  # the second thread did not take the first one's
+
+
+def test_max_connections_bounds_the_requests_in_flight(
+    origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    url = origin.add("/slow.png", PNG, delay=0.2)
+    fetcher = make_fetcher(max_connections=2)
+    with ThreadPoolExecutor(6) as pool:
+        assert all(image.data == PNG for image in pool.map(lambda _: fetcher.fetch(url), range(6)))
+    assert origin.most_at_once == 2
+
+
+def test_a_closed_fetcher_closes_every_threads_connections(
+    origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    url = origin.add("/a.png", PNG)
+    fetcher = make_fetcher()
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: fetcher.fetch(url), range(3)))
+    fetcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        fetcher.fetch(url)
