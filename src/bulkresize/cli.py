@@ -291,15 +291,18 @@ def worker(burst: bool) -> None:
     with --burst until the queue is empty. Exit code 2 when the queue is the embedded
     local:// one.
     """
-    from bulkresize.service import Pipeline
+    from bulkresize.service import Pipeline, create_validator
 
     settings = _settings()
     logging.getLogger("bulkresize").setLevel(logging.INFO)
+    # A worker never validates a CSV: the isolated validator loads nothing until asked, so the
+    # worker does not hold pandas, pyarrow and pandera (about 120 MB) for nothing.
+    validator = create_validator(settings, isolated=True)
     # Outside RQ's work loop (which has its own handlers), SIGTERM interrupts like Ctrl+C, so
     # the pipeline is closed either way.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with _errors(), Pipeline.from_settings(settings) as pipeline:
+        with _errors(), Pipeline.from_settings(settings, validator=validator) as pipeline:
             pipeline.work(burst=burst)
     except KeyboardInterrupt:
         click.echo("interrupted: the worker stopped", err=True)
