@@ -26,18 +26,14 @@ from bulkresize.errors import (
     BackendError,
     BlockedURL,
     ConfigurationError,
-    ImageError,
     InvalidCallbackURL,
-    ProcessingTimeout,
     RepositoryError,
     RequestNotFinal,
     RequestNotFound,
-    StorageError,
 )
 from bulkresize.fetching import Fetcher
 from bulkresize.models import (
     Catalogue,
-    EncodedImage,
     Image,
     ImageOptions,
     ImageOutcome,
@@ -47,8 +43,9 @@ from bulkresize.models import (
     StatusReport,
 )
 from bulkresize.output_csv import render_output_csv
+from bulkresize.producing import ProcessProducer, Producer, child_processes, image_key
 from bulkresize.queues.base import Job, Queue
-from bulkresize.registry import create_backend
+from bulkresize.registry import create_backend, scheme_of
 from bulkresize.repositories.base import Repository, WebhookOutbox
 from bulkresize.settings import Settings
 from bulkresize.storage.base import Storage
@@ -90,7 +87,7 @@ class _Keys:
         return f"{self.request_id}/output.csv"
 
     def image(self, row: int, position: int, extension: str) -> str:
-        return f"{self.request_id}/{row}-{position}.{extension}"
+        return image_key(self.request_id, row, position, extension)
 
 
 class Pipeline:
@@ -108,6 +105,10 @@ class Pipeline:
         engine: Re-encodes images.
         fetcher: Downloads images; default built from ``settings``.
         webhook_sender: Delivers webhooks; default built from ``settings``.
+        processes: Child processes that download, re-encode and store the images of an
+            in-process queue, each with its own fetcher, engine and storage built from
+            ``settings`` (see :class:`~bulkresize.producing.ProcessProducer`); 0 does it on
+            threads of this process with the backends given here.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class Pipeline:
         engine: ImageEngine,
         fetcher: Fetcher | None = None,
         webhook_sender: WebhookSender | None = None,
+        processes: int = 0,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -134,12 +136,16 @@ class Pipeline:
         )
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
-        # Decoding and encoding are CPU-bound: one thread per core, however many downloads. A
-        # dedicated pool, not a semaphore over the download threads: glibc gives each thread
-        # its own malloc arena, and every arena that ever held a decoded image keeps that much
-        # memory (16 download threads decoding 6 MP photos held 580 MB; 2 encode threads, 260).
-        self._encoder = concurrent.futures.ThreadPoolExecutor(
-            settings.resolved_encode_workers, thread_name_prefix="bulkresize-encode"
+        self._producer: Producer | ProcessProducer = (
+            ProcessProducer(settings, processes=processes)
+            if processes > 0
+            else Producer(
+                settings,
+                fetcher=self.fetcher,
+                engine=engine,
+                storage=storage,
+                encode_workers=settings.resolved_encode_workers,
+            )
         )
         self._recorder = _Recorder(repository)
         self._started = False
@@ -159,10 +165,26 @@ class Pipeline:
     ) -> Pipeline:
         """Compose a pipeline from settings; any backend passed in is used as it is.
 
+        With the embedded queue, images are produced in ``settings.processes`` child
+        processes (by default one per CPU) when the pipeline builds its fetcher, engine and
+        storage itself and the storage is not ``memory://`` (which a child cannot share).
+
         Raises:
             BackendNotFound: A configured URL names no installed backend.
+            ConfigurationError: ``settings.processes`` asks for child processes, but a fetcher,
+                engine or storage was passed in, which the children could not use.
         """
         settings = settings if settings is not None else Settings.from_env()
+        injected = [
+            name
+            for name, given in (("fetcher", fetcher), ("engine", engine), ("storage", storage))
+            if given is not None
+        ]
+        if settings.processes and injected:
+            raise ConfigurationError(
+                f"processes={settings.processes} needs the pipeline to build its fetcher, "
+                f"engine and storage from settings, but {' and '.join(injected)} was given"
+            )
         built: list[Any] = []
         try:
             if storage is None:
@@ -203,6 +225,12 @@ class Pipeline:
             for backend in reversed(built):
                 backend.close()
             raise
+        shareable = scheme_of(settings.resolved_storage_url) != "memory"
+        processes = (
+            child_processes(settings, can_share=not injected and shareable)
+            if queue.in_process
+            else 0
+        )
         return cls(
             settings,
             storage=storage,
@@ -212,6 +240,7 @@ class Pipeline:
             engine=engine,
             fetcher=fetcher,
             webhook_sender=webhook_sender,
+            processes=processes,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -231,6 +260,8 @@ class Pipeline:
             return
         self._started = True
         if self.queue.in_process:
+            # Producer processes start with the first image, not here: until then, a CSV
+            # being validated has the memory to itself.
             self.queue.start(self.handle_job)
         if resume:
             self.resume()
@@ -278,7 +309,7 @@ class Pipeline:
         if self._maintenance is not None:
             self._maintenance.join()
         self.queue.close()
-        self._encoder.shutdown(wait=True)
+        self._producer.close()
         self._recorder.close()
         self.webhook_sender.close()
         self.fetcher.close()
@@ -431,84 +462,13 @@ class Pipeline:
         Every failure of the image itself is recorded on that image only, with its error code.
         """
         with self._recorder.job():
-            outcome = self._produce(request_id, row, position, source_url, options)
+            outcome = self._producer.produce(request_id, row, position, source_url, options)
             updated = self._recorder.record(request_id, row, position, outcome)
         if updated is None:
             # Recorded before (a re-run): make sure a lost finalization still happens.
             updated = self.repository.get_request(request_id)
         if updated.processed_images >= updated.total_images and not updated.is_final:
             self.finalize(request_id)
-
-    def _produce(
-        self, request_id: str, row: int, position: int, source_url: str, options: ImageOptions
-    ) -> ImageOutcome:
-        bytes_in: int | None = None
-        try:
-            fetched = self.fetcher.fetch(source_url, allow_files=source_url[:5].lower() == "file:")
-            bytes_in = len(fetched.data)
-            encoded = self._encode(fetched.data, options)
-            key = _Keys(request_id).image(row, position, encoded.extension)
-            self._put_with_retries(key, encoded.data, encoded.content_type)
-        except ImageError as exc:
-            return ImageOutcome(
-                ImageStatus.FAILED, error=exc.code, error_message=str(exc), bytes_in=bytes_in
-            )
-        except StorageError as exc:
-            return ImageOutcome(
-                ImageStatus.FAILED,
-                error="storage_error",
-                error_message=str(exc),
-                bytes_in=bytes_in,
-            )
-        except Exception as exc:  # a bug must fail one image, never the worker
-            logger.exception("unexpected error on %s row %d position %d", request_id, row, position)
-            return ImageOutcome(
-                ImageStatus.FAILED,
-                error="internal_error",
-                error_message=f"{type(exc).__name__}: {exc}",
-                bytes_in=bytes_in,
-            )
-        return ImageOutcome(
-            ImageStatus.DONE, output_key=key, bytes_in=bytes_in, bytes_out=len(encoded.data)
-        )
-
-    def _encode(self, data: bytes, options: ImageOptions) -> EncodedImage:
-        """Decode and re-encode on the encode pool, for at most ``image_timeout`` once started.
-
-        The clock starts when an encode thread takes the image, not while it waits for one, so
-        a slow image never fails the images queued behind it.
-        """
-        started: list[float] = []  # when an encode thread took the image
-
-        def run() -> EncodedImage:
-            started.append(time.monotonic())
-            return self.engine.process(data, options)
-
-        future = self._encoder.submit(run)
-        limit = self.settings.image_timeout
-        wait = limit
-        while True:
-            try:
-                return future.result(timeout=wait)
-            except concurrent.futures.TimeoutError:
-                # Waiting behind the images ahead of this one is not this one's fault.
-                wait = limit if not started else started[0] + limit - time.monotonic()
-                if started and wait <= 0:
-                    break
-        # A thread inside a C decoder cannot be stopped: it keeps its encode slot until the
-        # call returns, and its result is dropped. The image, and its job, end now.
-        logger.warning("an image took more than %s s to decode and encode", limit)
-        raise ProcessingTimeout(f"decoding and encoding took longer than {limit:g} s")
-
-    def _put_with_retries(self, key: str, data: bytes, content_type: str) -> None:
-        for attempt in range(1, _STORAGE_ATTEMPTS + 1):
-            try:
-                self.storage.put(key, data, content_type=content_type)
-                return
-            except StorageError:
-                if attempt == _STORAGE_ATTEMPTS:
-                    raise
-                time.sleep(self.settings.retry_backoff * 2 ** (attempt - 1))
 
     def finalize(self, request_id: str) -> bool:
         """Write the output CSV and mark the request final, once all its images are final.

@@ -66,6 +66,9 @@ class Settings:
         max_image_pixels: Most pixels in an image, checked before decoding.
         download_concurrency: Downloads in flight at once in one process.
         encode_workers: Threads that decode and encode; default: the number of CPUs.
+        processes: With the embedded queue, child processes that download, re-encode and
+            store the images (0: the process itself does, on threads); default: one per CPU
+            when there are several and the pipeline built its backends from these settings.
         image_timeout: Seconds one image may take to decode and encode before it fails with
             ``processing_timeout``.
         neutralize_formulas: Prefix output cells that a spreadsheet would run as formulas.
@@ -106,6 +109,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     download_concurrency: int = 16
     encode_workers: int | None = None
+    processes: int | None = None
     image_timeout: float = 60.0
     neutralize_formulas: bool = True
     sweep_interval: float = 30.0
@@ -128,6 +132,8 @@ class Settings:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.encode_workers is not None and self.encode_workers < 1:
             raise ConfigurationError("encode_workers must be at least 1")
+        if self.processes is not None and self.processes < 0:
+            raise ConfigurationError("processes must be 0 or more")
         if self.image_timeout <= 0:
             raise ConfigurationError("image_timeout must be more than 0")
         if self.rate_limit is not None:
@@ -162,11 +168,7 @@ class Settings:
         """``encode_workers``, or the number of CPUs this process may use."""
         if self.encode_workers:
             return self.encode_workers
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
+        return available_cpus()
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed."""
@@ -193,6 +195,13 @@ class Settings:
             values[spec.name] = _convert(name, spec.name, raw.strip())
         values.update(overrides)
         return cls(**values)
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 _RATE_UNITS = ("second", "minute", "hour", "day")
@@ -231,6 +240,7 @@ _INTS = {
     "max_image_pixels",
     "download_concurrency",
     "encode_workers",
+    "processes",
     "webhook_max_attempts",
 }
 _FLOATS = {
