@@ -13,10 +13,12 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
-import multiprocessing
 import multiprocessing.connection
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -162,7 +164,7 @@ _Task = tuple[int, str, int, int, str, dict[str, Any]]
 class _Child:
     """One child process, its end of the pipe, and the images it has not answered yet."""
 
-    process: multiprocessing.process.BaseProcess
+    process: subprocess.Popen[bytes]
     connection: multiprocessing.connection.Connection
     pending: dict[int, concurrent.futures.Future[ImageOutcome]] = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -175,8 +177,11 @@ class ProcessProducer:
     Each child builds its own fetcher, engine and storage from ``settings`` (they must be
     reachable by name, and the storage shared: not ``memory://``), with ``download_concurrency``
     and ``encode_workers`` shared out between the children. Each image goes to the child with
-    the fewest images in hand; :meth:`produce` blocks until it answers. Children are started
-    with ``spawn``, since the parent has threads, and ignore Ctrl-C, which is the parent's.
+    the fewest images in hand; :meth:`produce` blocks until it answers. A child is a new
+    interpreter (``python -m bulkresize.producing``) with this process's ``sys.path``, talking
+    over a socket pair: not :mod:`multiprocessing`'s ``spawn``, which would import the caller's
+    ``__main__`` again, nor ``fork``, unsafe in a process with threads. Children ignore Ctrl-C,
+    which is the parent's, and exit when the parent closes them or dies.
 
     A child that dies fails the images it held (``internal_error``, naming the exit code) and
     is replaced, so one image that crashes a native decoder cannot stop the others for good.
@@ -191,14 +196,13 @@ class ProcessProducer:
             raise ValueError("processes must be at least 1")
         self.settings = settings
         self.processes = processes
-        self._context = multiprocessing.get_context("spawn")
         self._numbers = itertools.count()
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._closed = False
         downloads = max(1, -(-settings.download_concurrency // processes))
         encodes = max(1, settings.resolved_encode_workers // processes)
-        self._child_args = (settings, downloads, encodes)
+        self._child_setup = (settings, downloads, encodes)
 
     def start(self) -> None:
         """Start the children (at once; they import and build their backends meanwhile)."""
@@ -209,16 +213,17 @@ class ProcessProducer:
                 self._children.append(self._spawn())
 
     def _spawn(self) -> _Child:
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(
-            target=_child_main,
-            args=(child_end, *self._child_args),
-            name="bulkresize-producer",
-            daemon=True,  # never outlives the parent
-        )
-        process.start()
-        child_end.close()
-        child = _Child(process, parent_end)
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            process = subprocess.Popen(  # noqa: S603  # our own module, by this interpreter
+                [sys.executable, "-m", "bulkresize.producing", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+            connection = multiprocessing.connection.Connection(ours.detach())
+        child = _Child(process, connection)
+        with _suppress_broken_pipe():  # a child that died at once is reported by the receiver
+            connection.send((sys.path, *self._child_setup))
         child.receiver = threading.Thread(
             target=self._receive, args=(child,), name="bulkresize-producer-results", daemon=True
         )
@@ -257,7 +262,7 @@ class ProcessProducer:
                 future = child.pending.pop(number, None)
             if future is not None:
                 future.set_result(outcome)
-        child.process.join(timeout=_CHILD_EXIT_SECONDS)
+        _wait(child.process)
         with self._lock:
             lost, child.pending = child.pending, {}
             replace = not self._closed and child in self._children
@@ -265,7 +270,7 @@ class ProcessProducer:
                 self._children.remove(child)
                 self._children.append(self._spawn())
         if lost:
-            code = child.process.exitcode
+            code = child.process.returncode
             logger.error("a producer process died (exit code %s) with %d images", code, len(lost))
             for future in lost.values():
                 future.set_result(
@@ -288,12 +293,19 @@ class ProcessProducer:
             with child.send_lock, _suppress_broken_pipe():
                 child.connection.send(None)
         for child in children:
-            child.process.join(timeout=_CHILD_EXIT_SECONDS)
-            if child.process.is_alive():
-                child.process.kill()
+            _wait(child.process)
             if child.receiver is not None:
                 child.receiver.join()
             child.connection.close()
+
+
+def _wait(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a child to exit; kill it if it takes longer than ``_CHILD_EXIT_SECONDS``."""
+    try:
+        process.wait(timeout=_CHILD_EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class _suppress_broken_pipe:  # reads as a context manager, like contextlib's
@@ -304,14 +316,15 @@ class _suppress_broken_pipe:  # reads as a context manager, like contextlib's
         return exc_type is not None and issubclass(exc_type, (OSError, ValueError))
 
 
-def _child_main(
-    connection: multiprocessing.connection.Connection,
-    settings: Settings,
-    downloads: int,
-    encodes: int,
-) -> None:
+def _child_main(descriptor: int) -> None:
     """A child: build a producer from the settings and work the images the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    connection = multiprocessing.connection.Connection(descriptor)
+    try:
+        path, settings, downloads, encodes = connection.recv()
+    except (EOFError, OSError):
+        return  # the parent is gone already
+    sys.path[:] = path  # so that plug-ins by dotted path import here as they do there
     built = _build_backends(settings)
     fetcher, engine, storage = built
     producer = Producer(
@@ -375,3 +388,7 @@ def child_processes(settings: Settings, *, can_share: bool) -> int:
         return settings.processes
     cpus = available_cpus()
     return cpus if can_share and cpus > 1 else 0
+
+
+if __name__ == "__main__":  # python -m bulkresize.producing FD, run by ProcessProducer
+    _child_main(int(sys.argv[1]))

@@ -55,7 +55,7 @@ def test_an_unknown_validator_is_a_configuration_error() -> None:
 
 @pytest.mark.parametrize("keep_child", [False, True])
 def test_a_child_that_dies_fails_validation_with_a_message(keep_child: bool) -> None:
-    isolated = IsolatedValidator("validators:DyingValidator", keep_child=keep_child)
+    isolated = IsolatedValidator("crashers:DyingValidator", keep_child=keep_child)
     try:
         with pytest.raises(ValidationFailed) as caught:
             isolated.validate(GOOD)

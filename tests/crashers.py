@@ -1,0 +1,32 @@
+"""Backends for tests that run them by dotted path in a child process, and crash it."""
+
+from __future__ import annotations
+
+import os
+
+from bulkresize.engines.pillow import PillowEngine
+from bulkresize.models import Catalogue, EncodedImage, ImageOptions
+from bulkresize.validation.base import Validator
+
+#: An image whose bytes hold this makes DyingEngine end its process.
+CRASH = b"crash this process"
+
+
+class DyingValidator(Validator):
+    """Ends its process at once, as a crash in a native parser would."""
+
+    def __init__(self, **limits: object) -> None:
+        self.limits = limits
+
+    def validate(self, data: bytes, *, allow_local_files: bool = False) -> Catalogue:
+        os._exit(70)
+
+
+class DyingEngine(PillowEngine):
+    """Pillow, except that an image holding ``CRASH`` ends the process, as a decoder's
+    segmentation fault would."""
+
+    def process(self, data: bytes, options: ImageOptions) -> EncodedImage:
+        if CRASH in data:
+            os._exit(70)
+        return super().process(data, options)
