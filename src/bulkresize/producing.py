@@ -183,8 +183,8 @@ class ProcessProducer:
     ``__main__`` again, nor ``fork``, unsafe in a process with threads. Children ignore Ctrl-C,
     which is the parent's, and exit when the parent closes them or dies.
 
-    A child that dies fails the images it held (``internal_error``, naming the exit code) and
-    is replaced, so one image that crashes a native decoder cannot stop the others for good.
+    A child that dies fails the images it held (``internal_error``, naming the exit code or
+    signal) and is replaced, so an image that crashes a native decoder fails alone.
 
     Args:
         settings: The deployment settings, as the children build from them.
@@ -203,14 +203,6 @@ class ProcessProducer:
         downloads = max(1, -(-settings.download_concurrency // processes))
         encodes = max(1, settings.resolved_encode_workers // processes)
         self._child_setup = (settings, downloads, encodes)
-
-    def start(self) -> None:
-        """Start the children (at once; they import and build their backends meanwhile)."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the producer is closed")
-            while len(self._children) < self.processes:
-                self._children.append(self._spawn())
 
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
@@ -233,12 +225,16 @@ class ProcessProducer:
     def produce(
         self, request_id: str, row: int, position: int, source_url: str, options: ImageOptions
     ) -> ImageOutcome:
-        """Hand one image to a child and wait for its outcome."""
+        """Hand one image to a child and wait for its outcome.
+
+        The children start with the first image, not before: until then, a CSV being
+        validated has the memory to itself.
+        """
         future: concurrent.futures.Future[ImageOutcome] = concurrent.futures.Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the producer is closed")
-            while len(self._children) < self.processes:  # not started yet: start now
+            while len(self._children) < self.processes:
                 self._children.append(self._spawn())
             child = min(self._children, key=lambda each: len(each.pending))
             number = next(self._numbers)
@@ -271,16 +267,15 @@ class ProcessProducer:
                 self._children.append(self._spawn())
         if lost:
             code = child.process.returncode
-            logger.error("a producer process died (exit code %s) with %d images", code, len(lost))
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            # A decoder that crashes on a hostile image is the likely cause.
+            logger.error("a producer process died (%s) holding %d images", how, len(lost))
             for future in lost.values():
                 future.set_result(
                     ImageOutcome(
                         ImageStatus.FAILED,
                         error="internal_error",
-                        error_message=(
-                            f"the process handling this image died (exit code {code}); "
-                            "the image may crash the decoder"
-                        ),
+                        error_message=f"the process handling this image died ({how})",
                     )
                 )
 
