@@ -58,7 +58,7 @@ class Scenarios:
     def photos_6mp(self) -> None:
         """6 MP photos: the codec yardstick, embedded at 0 and 100 ms origin latency."""
         images = corpus.build(CACHE, ["6mp"])["6mp"]
-        small, large = self.n(16), self.n(96, 12)
+        small, large = self.n(16), self.n(192, 12)
         yard, fast, slow = self.interleaved(
             lambda: modes.codec(images, large),
             lambda: modes.embedded(images, small, large, workdir=self.workdir),
@@ -79,7 +79,7 @@ class Scenarios:
     def distributed(self) -> None:
         """6 MP photos through serve + 2 RQ workers, PostgreSQL, S3 (moto), against embedded."""
         images = corpus.build(CACHE, ["6mp"])["6mp"]
-        small, large = self.n(16), self.n(96, 12)
+        small, large = self.n(16), self.n(192, 12)
         local, fleet = self.interleaved(
             lambda: modes.embedded(images, small, large, workdir=self.workdir),
             lambda: modes.distributed(images, small, large, workers=2, workdir=self.workdir),
