@@ -22,6 +22,15 @@ class DyingValidator(Validator):
         os._exit(70)
 
 
+class EngineThatFailsInChildren(PillowEngine):
+    """Builds in the process whose PID is in ``BULKRESIZE_TEST_PARENT``, and fails elsewhere."""
+
+    def __init__(self, **options: object) -> None:
+        if os.environ.get("BULKRESIZE_TEST_PARENT") != str(os.getpid()):
+            raise RuntimeError("this engine cannot start here")
+        super().__init__(**options)  # type: ignore[arg-type]
+
+
 class DyingEngine(PillowEngine):
     """Pillow, except that an image holding ``CRASH`` ends the process, as a decoder's
     segmentation fault would."""

@@ -29,6 +29,7 @@ import ssl
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -801,7 +802,7 @@ class Fetcher:
             client.close()
 
     def _client(self) -> httpx.Client:
-        """The calling thread's client, made on its first fetch."""
+        """The calling thread's client, made on its first fetch, closed when the thread ends."""
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
             with self._clients_lock:
@@ -810,7 +811,15 @@ class Fetcher:
                 client = self._new_client()
                 self._clients.append(client)
             self._local.client = client
+            weakref.finalize(threading.current_thread(), self._release, client)
         return client
+
+    def _release(self, client: httpx.Client) -> None:
+        with self._clients_lock:
+            if client not in self._clients:
+                return  # closed with the fetcher already
+            self._clients.remove(client)
+        client.close()
 
     def __enter__(self) -> Self:
         return self

@@ -11,9 +11,12 @@ finalization, so nothing about how work is counted, retried or resumed changes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import multiprocessing.connection
+import os
+import pickle
 import queue
 import signal
 import socket
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulkresize.engines.base import ImageEngine
-from bulkresize.errors import ImageError, ProcessingTimeout, StorageError
+from bulkresize.errors import ConfigurationError, ImageError, ProcessingTimeout, StorageError
 from bulkresize.fetching import Fetcher
 from bulkresize.models import EncodedImage, ImageOptions, ImageOutcome, ImageStatus
 from bulkresize.registry import create_backend
@@ -38,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Storage writes that fail are tried this many times before the image is failed.
 _STORAGE_ATTEMPTS = 3
-#: Seconds a child has to finish its images and exit when the producer closes.
-_CHILD_EXIT_SECONDS = 30.0
 
 
 def image_key(request_id: str, row: int, position: int, extension: str) -> str:
@@ -168,6 +169,7 @@ class _Child:
     connection: multiprocessing.connection.Connection
     pending: dict[int, concurrent.futures.Future[ImageOutcome]] = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: bool = False  # it built its backends and said so
     receiver: threading.Thread | None = None
 
 
@@ -178,17 +180,25 @@ class ProcessProducer:
     reachable by name, and the storage shared: not ``memory://``), with ``download_concurrency``
     and ``encode_workers`` shared out between the children. Each image goes to the child with
     the fewest images in hand; :meth:`produce` blocks until it answers. A child is a new
-    interpreter (``python -m bulkresize.producing``) with this process's ``sys.path``, talking
-    over a socket pair: not :mod:`multiprocessing`'s ``spawn``, which would import the caller's
-    ``__main__`` again, nor ``fork``, unsafe in a process with threads. Children ignore Ctrl-C,
-    which is the parent's, and exit when the parent closes them or dies.
+    interpreter (``python -P -m bulkresize.producing``) with this process's ``sys.path`` as its
+    ``PYTHONPATH``, in a session of its own, talking over a socket pair: not
+    :mod:`multiprocessing`, whose ``spawn`` runs the caller's script again in each child (a
+    script without an ``if __name__ == "__main__"`` guard starts over), nor ``fork``, unsafe in
+    a process with threads. Children do not get the terminal's Ctrl-C, which is the parent's,
+    and exit when the parent closes them or dies.
 
     A child that dies fails the images it held (``internal_error``, naming the exit code or
-    signal) and is replaced, so an image that crashes a native decoder fails alone.
+    signal) and is replaced, so an image that crashes a native decoder fails with the images
+    in that child's hands, not the run. A child that dies before it could build its backends
+    is not replaced: every image then fails at once with that error, rather than children
+    being started over and over.
 
     Args:
         settings: The deployment settings, as the children build from them.
         processes: How many children.
+
+    Raises:
+        ConfigurationError: The settings cannot be sent to a child (they must pickle).
     """
 
     def __init__(self, settings: Settings, *, processes: int) -> None:
@@ -200,22 +210,33 @@ class ProcessProducer:
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._closed = False
+        self._failure: str | None = None  # set when a child could not start
         downloads = max(1, -(-settings.download_concurrency // processes))
         encodes = max(1, settings.resolved_encode_workers // processes)
-        self._child_setup = (settings, downloads, encodes)
+        try:
+            self._setup = pickle.dumps((settings, downloads, encodes))
+        except Exception as exc:  # fail when the pipeline is built, not on every image
+            raise ConfigurationError(f"the settings cannot be sent to a child: {exc}") from exc
+        # A child finishes the images it holds before it exits: a download, an encode, slack.
+        self._exit_seconds = settings.fetch_timeout + settings.image_timeout + 30.0
 
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
         with ours, theirs:
+            # The parent's import path, and no other (-P: not the working directory).
+            path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
             process = subprocess.Popen(  # noqa: S603  # our own module, by this interpreter
-                [sys.executable, "-m", "bulkresize.producing", str(theirs.fileno())],
+                [sys.executable, "-P", "-m", "bulkresize.producing", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+                start_new_session=True,  # the terminal's Ctrl-C is the parent's alone
             )
             connection = multiprocessing.connection.Connection(ours.detach())
         child = _Child(process, connection)
-        with _suppress_broken_pipe():  # a child that died at once is reported by the receiver
-            connection.send((sys.path, *self._child_setup))
+        # A child that died at once is reported by its receiver, like any other.
+        with contextlib.suppress(OSError, ValueError):
+            connection.send_bytes(self._setup)
         child.receiver = threading.Thread(
             target=self._receive, args=(child,), name="bulkresize-producer-results", daemon=True
         )
@@ -234,81 +255,91 @@ class ProcessProducer:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the producer is closed")
-            while len(self._children) < self.processes:
-                self._children.append(self._spawn())
+            if self._failure is not None:
+                return _failed(self._failure)
+            try:
+                while len(self._children) < self.processes:
+                    self._children.append(self._spawn())
+            except OSError as exc:  # no process or thread to be had: this image fails
+                if not self._children:
+                    return _failed(f"could not start a process to handle this image: {exc}")
             child = min(self._children, key=lambda each: len(each.pending))
             number = next(self._numbers)
             child.pending[number] = future
         task: _Task = (number, request_id, row, position, source_url, options.to_dict())
-        try:
-            with child.send_lock:
-                child.connection.send(task)
-        except (OSError, ValueError):
-            pass  # the child is gone: its receiver fails the pending images, this one included
+        with child.send_lock, contextlib.suppress(OSError, ValueError):
+            child.connection.send(task)  # if the child is gone, its receiver fails this image
         return future.result()
 
     def _receive(self, child: _Child) -> None:
         """Resolve the child's answers until its pipe closes; then fail what it still held."""
         while True:
             try:
-                number, outcome = child.connection.recv()
+                message = child.connection.recv()
             except (EOFError, OSError):
                 break
+            if message == "ready":
+                child.ready = True
+                continue
+            number, outcome = message
             with self._lock:
                 future = child.pending.pop(number, None)
             if future is not None:
                 future.set_result(outcome)
-        _wait(child.process)
+        _wait(child.process, self._exit_seconds)
+        code = child.process.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         with self._lock:
             lost, child.pending = child.pending, {}
-            replace = not self._closed and child in self._children
-            if replace:
+            if child in self._children:
                 self._children.remove(child)
-                self._children.append(self._spawn())
+            if not child.ready and not self._closed:
+                self._failure = f"the process to handle this image could not start ({how})"
+            replace = not self._closed and self._failure is None
         if lost:
-            code = child.process.returncode
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             # A decoder that crashes on a hostile image is the likely cause.
             logger.error("a producer process died (%s) holding %d images", how, len(lost))
-            for future in lost.values():
-                future.set_result(
-                    ImageOutcome(
-                        ImageStatus.FAILED,
-                        error="internal_error",
-                        error_message=f"the process handling this image died ({how})",
-                    )
-                )
+        elif not child.ready and not self._closed:
+            logger.error("a producer process could not start (%s); see its error output", how)
+        message = self._failure or f"the process handling this image died ({how})"
+        for future in lost.values():
+            future.set_result(_failed(message))
+        if replace:
+            try:
+                with self._lock:
+                    if not self._closed:
+                        self._children.append(self._spawn())
+            except OSError:  # produce() tries again with the next image
+                logger.exception("could not start a producer process")
 
     def close(self) -> None:
         """Let the children finish the images they hold, then stop them."""
         with self._lock:
             self._closed = True
             children = list(self._children)
+            held = [future for child in children for future in child.pending.values()]
+        concurrent.futures.wait(held, timeout=self._exit_seconds)
         for child in children:
-            with child.send_lock, _suppress_broken_pipe():
+            with child.send_lock, contextlib.suppress(OSError, ValueError):
                 child.connection.send(None)
         for child in children:
-            _wait(child.process)
+            _wait(child.process, self._exit_seconds)
             if child.receiver is not None:
                 child.receiver.join()
             child.connection.close()
 
 
-def _wait(process: subprocess.Popen[bytes]) -> None:
-    """Wait for a child to exit; kill it if it takes longer than ``_CHILD_EXIT_SECONDS``."""
+def _failed(message: str) -> ImageOutcome:
+    return ImageOutcome(ImageStatus.FAILED, error="internal_error", error_message=message)
+
+
+def _wait(process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Wait for a child to exit; kill it if it takes longer than ``seconds``."""
     try:
-        process.wait(timeout=_CHILD_EXIT_SECONDS)
+        process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-class _suppress_broken_pipe:  # reads as a context manager, like contextlib's
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, (OSError, ValueError))
 
 
 def _child_main(descriptor: int) -> None:
@@ -316,11 +347,10 @@ def _child_main(descriptor: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     connection = multiprocessing.connection.Connection(descriptor)
     try:
-        path, settings, downloads, encodes = connection.recv()
+        settings, downloads, encodes = pickle.loads(connection.recv_bytes())  # noqa: S301
     except (EOFError, OSError):
         return  # the parent is gone already
-    sys.path[:] = path  # so that plug-ins by dotted path import here as they do there
-    built = _build_backends(settings)
+    built = _build_backends(settings)  # an error here ends the child before it is ready
     fetcher, engine, storage = built
     producer = Producer(
         settings, fetcher=fetcher, engine=engine, storage=storage, encode_workers=encodes
@@ -334,7 +364,7 @@ def _child_main(descriptor: int) -> None:
             outcome = producer.produce(
                 request_id, row, position, source_url, ImageOptions.from_dict(options)
             )
-            with send_lock, _suppress_broken_pipe():
+            with send_lock, contextlib.suppress(OSError, ValueError):
                 connection.send((number, outcome))
 
     threads = [
@@ -342,6 +372,8 @@ def _child_main(descriptor: int) -> None:
     ]
     for thread in threads:
         thread.start()
+    with send_lock, contextlib.suppress(OSError, ValueError):
+        connection.send("ready")
     try:
         while True:
             try:
@@ -376,12 +408,14 @@ def _build_backends(settings: Settings) -> tuple[Fetcher, ImageEngine, Storage]:
 def child_processes(settings: Settings, *, can_share: bool) -> int:
     """How many producer processes a pipeline should use (0: work in this process).
 
-    ``settings.processes`` when set; otherwise one per CPU when there are several and the
-    pipeline's backends can be rebuilt in children (``can_share``), else none.
+    ``settings.processes`` when set; otherwise one per CPU (at most one per download in
+    flight) when there are several and the pipeline's backends can be rebuilt in children
+    (``can_share``), else none.
     """
     if settings.processes is not None:
         return settings.processes
-    cpus = available_cpus()
+    # More children than downloads in flight would sit idle, each holding its libraries.
+    cpus = min(available_cpus(), settings.download_concurrency)
     return cpus if can_share and cpus > 1 else 0
 
 

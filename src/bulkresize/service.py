@@ -172,7 +172,8 @@ class Pipeline:
         Raises:
             BackendNotFound: A configured URL names no installed backend.
             ConfigurationError: ``settings.processes`` asks for child processes, but a fetcher,
-                engine or storage was passed in, which the children could not use.
+                engine or storage was passed in, which the children could not use, or the
+                storage is ``memory://``, which they cannot share.
         """
         settings = settings if settings is not None else Settings.from_env()
         injected = [
@@ -226,6 +227,11 @@ class Pipeline:
                 backend.close()
             raise
         shareable = scheme_of(settings.resolved_storage_url) != "memory"
+        if settings.processes and not shareable and queue.in_process:
+            raise ConfigurationError(
+                f"processes={settings.processes} needs a storage that child processes share, "
+                "and memory:// is private to each process"
+            )
         processes = (
             child_processes(settings, can_share=not injected and shareable)
             if queue.in_process

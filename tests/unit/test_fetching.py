@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import socketserver
@@ -933,3 +934,18 @@ def test_a_closed_fetcher_closes_every_threads_connections(
     fetcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         fetcher.fetch(url)
+
+
+def test_a_threads_connections_close_when_the_thread_ends(
+    origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    """Threads that come and go leave no client, and no socket, behind."""
+    url = origin.add("/a.png", PNG)
+    fetcher = make_fetcher()
+    for _ in range(3):
+        thread = threading.Thread(target=fetcher.fetch, args=(url,))
+        thread.start()
+        thread.join()
+        del thread
+    gc.collect()
+    assert fetcher._clients == []  # each thread's client was closed with its thread

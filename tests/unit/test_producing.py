@@ -5,6 +5,7 @@ Linux only, like the pipeline's process tree checks: they read ``/proc``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,29 @@ def test_a_child_that_dies_fails_the_image_it_held_and_is_replaced(
     assert failed.error_message == "the process handling this image died (exit code 70)"
 
 
+def test_children_that_cannot_start_fail_every_image_once_and_are_not_restarted(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKRESIZE_TEST_PARENT", str(os.getpid()))
+    urls = [origin.add(f"/{n}.jpg", encode(photo(64, 48, seed=n), "JPEG")) for n in range(6)]
+    settings = _settings(tmp_path, processes=2, engine="crashers:EngineThatFailsInChildren")
+    with bulkresize.Pipeline.from_settings(settings) as pipeline:
+        pipeline.start()
+        request = pipeline.submit(_csv(urls))
+        report = pipeline.wait(request.id, timeout=60)
+        images = pipeline.images(request.id)
+        assert _producers() == 0  # none started over and over
+    assert report.status is RequestStatus.FAILED
+    assert {image.error for image in images} == {"internal_error"}
+    assert {image.error_message for image in images} == {
+        "the process to handle this image could not start (exit code 1)"
+    }
+
+
 def test_child_processes_default_to_one_per_cpu_when_the_backends_can_be_shared() -> None:
-    cpus = available_cpus()
+    cpus = min(available_cpus(), 16)
     assert child_processes(Settings(), can_share=True) == (cpus if cpus > 1 else 0)
+    assert child_processes(Settings(download_concurrency=1), can_share=True) == 0
     assert child_processes(Settings(), can_share=False) == 0
     assert child_processes(Settings(processes=3), can_share=False) == 3
     assert child_processes(Settings(processes=0), can_share=True) == 0
@@ -97,6 +118,12 @@ def test_child_processes_default_to_one_per_cpu_when_the_backends_can_be_shared(
 def test_children_are_refused_beside_an_injected_engine(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="engine was given"):
         bulkresize.Pipeline.from_settings(_settings(tmp_path, processes=2), engine=PillowEngine())
+
+
+def test_children_are_refused_with_memory_storage(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, processes=2, storage_url="memory://producing-test")
+    with pytest.raises(ConfigurationError, match="memory:// is private"):
+        bulkresize.Pipeline.from_settings(settings)
 
 
 def test_memory_storage_keeps_the_work_in_this_process(origin: Origin, tmp_path: Path) -> None:
