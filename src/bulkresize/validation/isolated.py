@@ -23,6 +23,9 @@ class IsolatedValidator(Validator):
     pandera hold about 120 MB), and the memory that parsing a large CSV takes goes back to the
     system when the child exits, before the first image is fetched. ``bulkresize process`` uses
     it; a long-running server validates in-process instead, as a fresh child costs about 0.7 s.
+    The child is started with :mod:`multiprocessing`'s ``spawn``, which imports the caller's
+    main module again: a script that uses it directly needs an
+    ``if __name__ == "__main__":`` guard.
 
     Args:
         target: The validator's registry name (``pandera``) or dotted path, as in
@@ -77,10 +80,10 @@ class IsolatedValidator(Validator):
         try:
             return future.result()
         except BrokenProcessPool:
-            if pool is self._kept:  # the next call starts a new child
-                with self._lock:
+            with self._lock:
+                if pool is self._kept:  # the next call starts a new child
                     self._kept = None
-                pool.shutdown(wait=False)
+            pool.shutdown(wait=False)
             raise
 
     def close(self) -> None:
