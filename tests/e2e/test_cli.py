@@ -9,7 +9,9 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -330,3 +332,76 @@ def test_process_refuses_an_output_folder_that_does_not_exist(
     assert result.returncode == 2
     assert "no such folder" in result.stderr
     assert origin.requests == []
+
+
+def _producers_for(data_dir: Path) -> list[int]:
+    """Live producer processes (any parent) whose environment names this data dir."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if b"bulkresize.producing" in command and f"={data_dir}\0".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def test_ctrl_c_leaves_images_pending_and_no_producer_behind(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Ctrl-C from a terminal reaches the command, not its producer processes."""
+    urls = [
+        origin.add(f"/{n}.jpg", encode(photo(64, 48, seed=n), "JPEG"), delay=0.4) for n in range(12)
+    ]
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "S. No.,Product Name,Input Image Urls\n"
+        + "".join(f"{n},P{n},{url}\n" for n, url in enumerate(urls, start=1))
+    )
+    data_dir = tmp_path / "data"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BULKRESIZE_")}
+    environment.update(
+        ENV,
+        BULKRESIZE_DATA_DIR=str(data_dir),
+        BULKRESIZE_PROCESSES="2",
+        BULKRESIZE_DOWNLOAD_CONCURRENCY="2",
+    )
+    process = subprocess.Popen(
+        [*bulkresize_command(), "process", str(source)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while sum(origin.hits(f"/{n}.jpg") for n in range(12)) < 3:
+            assert time.monotonic() < deadline, "no image was fetched"
+            time.sleep(0.05)
+        assert len(_producers_for(data_dir)) == 2
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "keeps its pending images" in stderr
+    deadline = time.monotonic() + 10
+    while _producers_for(data_dir):
+        assert time.monotonic() < deadline, "a producer process outlived the command"
+        time.sleep(0.05)
+    request_id = re.search(r"request ([0-9a-f]{32})", stderr)
+    assert request_id is not None, stderr
+    status = subprocess.run(
+        [*bulkresize_command(), "status", request_id.group(1)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    document = json.loads(status.stdout)
+    assert document["failed_images"] == 0  # the interrupt failed nothing: pending, or done
+    assert document["status"] in ("pending", "processing")
