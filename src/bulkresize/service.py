@@ -228,6 +228,8 @@ class Pipeline:
             raise
         shareable = scheme_of(settings.resolved_storage_url) != "memory"
         if settings.processes and not shareable and queue.in_process:
+            for backend in reversed(built):
+                backend.close()
             raise ConfigurationError(
                 f"processes={settings.processes} needs a storage that child processes share, "
                 "and memory:// is private to each process"
