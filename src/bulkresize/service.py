@@ -64,8 +64,6 @@ logger = logging.getLogger(__name__)
 
 JOB_PROCESS_IMAGE = "process_image"
 
-#: Storage writes that fail are tried this many times before the image is failed.
-_STORAGE_ATTEMPTS = 3
 #: How often the maintenance thread looks for due webhooks, and how often it sweeps.
 _WEBHOOK_POLL_SECONDS = 0.25
 #: How long a finalizer holds its claim; if it dies, another may finalize after this.
