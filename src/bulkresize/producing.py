@@ -409,11 +409,13 @@ def child_processes(settings: Settings, *, can_share: bool) -> int:
     """How many producer processes a pipeline should use (0: work in this process).
 
     ``settings.processes`` when set; otherwise one per CPU (at most one per download in
-    flight) when there are several and the pipeline's backends can be rebuilt in children
-    (``can_share``), else none.
+    flight) when there are several, the pipeline's backends can be rebuilt in children
+    (``can_share``) and the system is POSIX, else none.
     """
     if settings.processes is not None:
         return settings.processes
+    if os.name != "posix":  # children inherit their socket by descriptor (pass_fds)
+        return 0
     # More children than downloads in flight would sit idle, each holding its libraries.
     cpus = min(available_cpus(), settings.download_concurrency)
     return cpus if can_share and cpus > 1 else 0

@@ -6,12 +6,13 @@ Linux only, like the pipeline's process tree checks: they read ``/proc``.
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import pytest
 
 import bulkresize
-from bulkresize import ImageStatus, RequestStatus, Settings
+from bulkresize import ImageStatus, RequestStatus, Settings, producing
 from bulkresize.engines.pillow import PillowEngine
 from bulkresize.errors import ConfigurationError
 from bulkresize.producing import child_processes
@@ -110,6 +111,12 @@ def test_child_processes_default_to_one_per_cpu_when_the_backends_can_be_shared(
     cpus = min(available_cpus(), 16)
     assert child_processes(Settings(), can_share=True) == (cpus if cpus > 1 else 0)
     assert child_processes(Settings(download_concurrency=1), can_share=True) == 0
+
+
+def test_child_processes_default_to_none_off_posix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(producing, "os", types.SimpleNamespace(name="nt"))  # this module's
+    assert child_processes(Settings(), can_share=True) == 0
+    assert child_processes(Settings(processes=2), can_share=True) == 2  # asked for: as asked
     assert child_processes(Settings(), can_share=False) == 0
     assert child_processes(Settings(processes=3), can_share=False) == 3
     assert child_processes(Settings(processes=0), can_share=True) == 0
