@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,7 +65,6 @@ _URLISH = st.tuples(
 _VALUES = st.lists(st.lists(_PIECES, max_size=8).map("".join) | _URLISH, max_size=30)
 _PATTERNS = {
     "host": module._HOST_IF_HTTP,
-    "plain host": module._PLAIN_HOST,
     "scheme": module._HTTP_SCHEME,
     "source": module._HTTP_OR_LOCAL,
     "no url": module._NO_URL,
@@ -83,10 +83,19 @@ def test_scan_agrees_with_matching_each_value(name: str, values: list[str]) -> N
     assert found.index.equals(series.index)
 
 
-def test_the_plain_host_pattern_accepts_only_what_the_full_one_accepts() -> None:
-    for value in ["http://a/", "https://b.c:80/x", "http://u@h/", "http://[::1]/", "http:///x"]:
-        if re.match(module._PLAIN_HOST, value):
-            assert re.match(module._HOST_IF_HTTP, value), value
+@settings(max_examples=300)
+@given(values=_VALUES)
+def test_the_first_pass_settles_only_what_the_exact_rules_accept(values: list[str]) -> None:
+    """Whatever Arrow's RE2 patterns find, the exact patterns (Python's re) accept too."""
+    found = pc.match_substring_regex(pa.array(values, type=pa.string()), module._RE2_PLAIN_URL)
+    for value, plain in zip(values, found.to_pylist(), strict=True):
+        if plain:
+            for exact in (module._HOST_IF_HTTP, module._HTTP_SCHEME, module._HTTP_OR_LOCAL):
+                assert re.match(exact, value), (value, exact)
+    found = pc.match_substring_regex(pa.array(values, type=pa.string()), module._RE2_HAS_URL)
+    for value, has_url in zip(values, found.to_pylist(), strict=True):
+        if has_url:
+            assert not re.match(module._NO_URL, value), value
 
 
 def _url_checks(allow_local_files: bool, longest: int) -> dict[str, object]:

@@ -110,8 +110,6 @@ _HOST_IF_HTTP: Final = (
     r"(?:\[[0-9A-Za-z:.%]+\]|[^/?#@\s:\[\]\x00]+)"
     rf"(?::[0-9]*)?(?:[/?#]|{_END})"
 )
-# The common case of _HOST_IF_HTTP (no user info, no port, no IPv6), 2.5× cheaper to match.
-_PLAIN_HOST: Final = rf"[hH][tT][tT][pP][sS]?://[^/?#@\s:\[\]\x00]+(?:[/?#]|{_END})"
 
 # The vectorised first pass runs these in Arrow (RE2, no lookarounds). Each accepts only values
 # that the exact pattern accepts too, so the values it passes are settled and the exact check
