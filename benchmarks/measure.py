@@ -51,12 +51,17 @@ def run_child(command: Sequence[str], env: dict[str, str], cwd: Path | None = No
     return Run(seconds, peak.megabytes, process.returncode)
 
 
+#: Looks between two walks of the process tree for new descendants (every 100 ms).
+_RESCAN_EVERY = 5
+
+
 class PeakRSS:
     """Follows the peak resident memory of a process and its children until it exits.
 
     The process's own ``VmHWM`` catches its peaks between two looks; the sum of ``VmRSS`` over
     the process and every descendant (``bulkresize process`` validates in a child, say) is
-    taken at each look. The figure is the larger of the two peaks.
+    taken at each look, with the descendants found anew every fifth look. The figure is the
+    larger of the two peaks.
     """
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
@@ -68,11 +73,18 @@ class PeakRSS:
         self._thread.start()
 
     def _follow(self) -> None:
+        tree_pids: list[int] = []
+        looks = 0
         while not self._done.is_set():
             own = _status_kib(self._pid, "VmHWM:")
             if own is None:
                 return  # the process is gone
-            tree = sum(_status_kib(pid, "VmRSS:") or 0 for pid in _descendants(self._pid))
+            # Walking every thread's children costs about 1.3 ms of CPU for a pipeline of 40
+            # threads: at every look, 3 % of a 2-core machine taken from what is measured.
+            if looks % _RESCAN_EVERY == 0:
+                tree_pids = _descendants(self._pid)
+            looks += 1
+            tree = sum(_status_kib(pid, "VmRSS:") or 0 for pid in tree_pids)
             self._kib = max(self._kib, own, tree)
             self._done.wait(self._interval)
 
