@@ -263,7 +263,12 @@ def distributed(
     folder = Path(tempfile.mkdtemp(prefix="distributed-", dir=workdir))
     seconds: dict[int, float] = {}
     with OriginProcess(images.files[0].parent) as origin:
-        extra = {"BULKRESIZE_ALLOW_PRIVATE_URLS": "true"}
+        extra = {
+            "BULKRESIZE_ALLOW_PRIVATE_URLS": "true",
+            # The workers share this machine's cores, as the embedded pipeline's producer
+            # children share its encode pool: one encode thread per core in all, not per worker.
+            "BULKRESIZE_ENCODE_WORKERS": str(max(1, _cpus() // workers)),
+        }
         with topology_class(folder, extra_env=extra).start(workers=workers) as topology:
             followers = [PeakRSS(worker.pid) for worker in topology.workers]
             _run_request(
