@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from bulkresize.engines.pillow import PillowEngine
 from bulkresize.models import Catalogue, EncodedImage, ImageOptions
 from bulkresize.validation.base import Validator
+from bulkresize.validation.pandera import PanderaValidator
 
 #: An image whose bytes hold this makes DyingEngine end its process.
 CRASH = b"crash this process"
@@ -20,6 +22,31 @@ class DyingValidator(Validator):
 
     def validate(self, data: bytes, *, allow_local_files: bool = False) -> Catalogue:
         os._exit(70)
+
+
+class ChattyValidator(PanderaValidator):
+    """pandera, after printing to standard output, as a noisy library might."""
+
+    def validate(self, data: bytes, *, allow_local_files: bool = False) -> Catalogue:
+        print("a library talking on standard output")
+        os.write(1, b"and below Python's buffers too\n")
+        return super().validate(data, allow_local_files=allow_local_files)
+
+
+class _ErrorHoldingALock(Exception):
+    def __init__(self) -> None:
+        super().__init__("an error that holds a lock")
+        self.lock = threading.Lock()  # locks do not pickle
+
+
+class UnpicklableErrorValidator(Validator):
+    """Raises an error that cannot be pickled back to the parent."""
+
+    def __init__(self, **limits: object) -> None:
+        self.limits = limits
+
+    def validate(self, data: bytes, *, allow_local_files: bool = False) -> Catalogue:
+        raise _ErrorHoldingALock
 
 
 class EngineThatFailsInChildren(PillowEngine):

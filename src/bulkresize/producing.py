@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulkresize._children import describe_exit, start_python_child, wait_or_kill
 from bulkresize.engines.base import ImageEngine
 from bulkresize.errors import ConfigurationError, ImageError, ProcessingTimeout, StorageError
 from bulkresize.fetching import Fetcher
@@ -223,14 +224,8 @@ class ProcessProducer:
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            # The parent's import path, and no other (-P: not the working directory).
-            path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
-            process = subprocess.Popen(  # noqa: S603  # our own module, by this interpreter
-                [sys.executable, "-P", "-m", "bulkresize.producing", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path},
-                start_new_session=True,  # the terminal's Ctrl-C is the parent's alone
+            process = start_python_child(
+                "bulkresize.producing", str(theirs.fileno()), pass_fds=[theirs.fileno()]
             )
             connection = multiprocessing.connection.Connection(ours.detach())
         child = _Child(process, connection)
@@ -286,9 +281,8 @@ class ProcessProducer:
                 future = child.pending.pop(number, None)
             if future is not None:
                 future.set_result(outcome)
-        _wait(child.process, self._exit_seconds)
-        code = child.process.returncode
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        wait_or_kill(child.process, self._exit_seconds)
+        how = describe_exit(child.process.returncode)
         with self._lock:
             lost, child.pending = child.pending, {}
             if child in self._children:
@@ -323,7 +317,7 @@ class ProcessProducer:
             with child.send_lock, contextlib.suppress(OSError, ValueError):
                 child.connection.send(None)
         for child in children:
-            _wait(child.process, self._exit_seconds)
+            wait_or_kill(child.process, self._exit_seconds)
             if child.receiver is not None:
                 child.receiver.join()
             child.connection.close()
@@ -331,15 +325,6 @@ class ProcessProducer:
 
 def _failed(message: str) -> ImageOutcome:
     return ImageOutcome(ImageStatus.FAILED, error="internal_error", error_message=message)
-
-
-def _wait(process: subprocess.Popen[bytes], seconds: float) -> None:
-    """Wait for a child to exit; kill it if it takes longer than ``seconds``."""
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _child_main(descriptor: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,39 @@ def test_this_process_does_not_load_the_validator() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+def test_what_the_child_prints_does_not_corrupt_its_answer() -> None:
+    catalogue = IsolatedValidator("crashers:ChattyValidator").validate(GOOD)
+    assert catalogue == PanderaValidator().validate(GOOD)
+
+
+def test_an_error_that_does_not_pickle_still_says_what_it_was() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        IsolatedValidator("crashers:UnpicklableErrorValidator").validate(GOOD)
+    [problem] = caught.value.problems
+    assert problem.message == (
+        "the file could not be validated (_ErrorHoldingALock: an error that holds a lock)"
+    )
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
+    """The child is not multiprocessing's spawn, which would run the caller's script again."""
+    import subprocess
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from bulkresize.validation.isolated import IsolatedValidator\n"
+        f"with open({str(runs)!r}, 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        f"print(len(IsolatedValidator('pandera').validate({GOOD!r}).rows))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert output.strip() == "1"
+    assert runs.read_text() == "ran\n"
 
 
 def test_validation_failed_pickles_with_its_problems() -> None:
