@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -173,7 +174,7 @@ def _child_main() -> None:
     # standard error instead, where it cannot corrupt them.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with answers:
+    with contextlib.suppress(BrokenPipeError), answers:  # the parent went away meanwhile
         _serve(sys.stdin.buffer, answers)
 
 
