@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from bulkresize.engines.pillow import PillowEngine
 from bulkresize.models import Catalogue, EncodedImage, ImageOptions
@@ -31,6 +32,19 @@ class ChattyValidator(PanderaValidator):
         print("a library talking on standard output")
         os.write(1, b"and below Python's buffers too\n")
         return super().validate(data, allow_local_files=allow_local_files)
+
+
+class SlowValidator(Validator):
+    """Writes its PID to the file named in ``BULKRESIZE_TEST_PIDFILE``, then takes a minute."""
+
+    def __init__(self, **limits: object) -> None:
+        self.limits = limits
+
+    def validate(self, data: bytes, *, allow_local_files: bool = False) -> Catalogue:
+        with open(os.environ["BULKRESIZE_TEST_PIDFILE"], "w") as file:
+            file.write(str(os.getpid()))
+        time.sleep(60)
+        raise AssertionError("not interrupted")
 
 
 class _ErrorHoldingALock(Exception):

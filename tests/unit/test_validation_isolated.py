@@ -119,6 +119,42 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     assert runs.read_text() == "ran\n"
 
 
+def test_ctrl_c_while_validating_stops_the_child_at_once(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "from bulkresize.validation.isolated import IsolatedValidator\n"
+        "try:\n"
+        "    IsolatedValidator('crashers:SlowValidator').validate(b'')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    tests = str(Path(__file__).parents[1])  # where crashers.py is
+    env = {**os.environ, "BULKRESIZE_TEST_PIDFILE": str(pidfile), "PYTHONPATH": tests}
+    caller = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the validator never started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        caller.send_signal(signal.SIGINT)
+        # At once: not after the 60 s of the file, nor after a grace period for the child to end.
+        output, _ = caller.communicate(timeout=5)
+    finally:
+        caller.kill()
+        caller.communicate()
+    assert output.strip() == "interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # killed and reaped, not left validating
+
+
 def test_validation_failed_pickles_with_its_problems() -> None:
     problems = [
         ValidationProblem(2, "S. No.", "x", "a problem"),

@@ -76,16 +76,18 @@ class IsolatedValidator(Validator):
                         self._kept = _start()
                     try:
                         answer = _ask(self._kept, request)
-                    except _ChildFailed:
-                        _stop(self._kept)
+                    except BaseException:  # dead, or interrupted mid-file: out of step
+                        _stop(self._kept, kill=True)
                         self._kept = None  # the next call starts a new child
                         raise
             else:
                 child = _start()
                 try:
                     answer = _ask(child, request)
-                finally:
-                    _stop(child)
+                except BaseException:  # Ctrl-C here must not wait for the file to finish
+                    _stop(child, kill=True)
+                    raise
+                _stop(child)
         except _ChildFailed as exc:
             message = f"the file could not be validated (the validating process failed: {exc})"
             raise ValidationFailed([ValidationProblem(None, None, None, message)]) from exc
@@ -132,8 +134,10 @@ def _ask(child: subprocess.Popen[bytes], request: tuple[Any, ...]) -> object:
         raise _ChildFailed(f"its answer could not be read: {exc!r}") from exc
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """Close the child's input, which ends it, and reap it."""
+def _stop(child: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Close the child's input, which ends it (or kill it), and reap it."""
+    if kill and child.poll() is None:
+        child.kill()
     for stream in (child.stdin, child.stdout):
         if stream is not None:
             try:
