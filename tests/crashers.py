@@ -1,4 +1,5 @@
-"""Backends for tests that run them by dotted path in a child process, and crash it."""
+"""Backends for tests that run them by dotted path in a child process that they crash, stall
+or make misbehave."""
 
 from __future__ import annotations
 
