@@ -978,16 +978,20 @@ class Fetcher:
                 raise ImageTooLarge(
                     f"the image is {length} bytes, more than the limit of {self._max_bytes}"
                 )
-        body = bytearray()
+        # Chunks joined once at the end: growing a bytearray and copying it out cost 1.3 ms
+        # of CPU per MB, 35 times the join (docs/performance.md, profile 11).
+        chunks: list[bytes] = []
+        received = 0
         for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > self._max_bytes:
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > self._max_bytes:
                 raise ImageTooLarge(
                     f"the image is larger than the limit of {self._max_bytes} bytes"
                 )
             if time.monotonic() > deadline:  # a slow drip never trips the read timeout
                 raise self._deadline_error()
-        return bytes(body)
+        return b"".join(chunks)
 
     def _map_transport_error(
         self, exc: httpx.HTTPError, url: str, deadline: float

@@ -135,6 +135,7 @@ class SQLRepository(Repository, WebhookOutbox):
     def __init__(self, engine: Engine, *, create_schema: bool = True) -> None:
         self._engine = engine
         self._metadata, self._requests, self._images = build_metadata()
+        self._recording = _RecordingStatements(self._requests, self._images)
         # One shared in-memory SQLite connection must not interleave transactions.
         self._lock = threading.RLock() if _is_memory_sqlite(engine) else None
         if create_schema:
@@ -291,7 +292,6 @@ class SQLRepository(Repository, WebhookOutbox):
             raise ValueError("an outcome must be done or failed")
         if not records:
             return []
-        requests = self._requests
         now = _now()
         with self._transaction() as connection:
             moved = self._move_images(connection, records, now)
@@ -304,21 +304,13 @@ class SQLRepository(Repository, WebhookOutbox):
             updated: dict[str, Request] = {}
             for request_id, (processed, failed) in totals.items():
                 row = connection.execute(
-                    update(requests)
-                    .where(requests.c.id == request_id)
-                    .values(
-                        processed_images=requests.c.processed_images + processed,
-                        failed_images=requests.c.failed_images + failed,
-                        status=case(
-                            (
-                                requests.c.status == RequestStatus.PENDING.value,
-                                RequestStatus.PROCESSING.value,
-                            ),
-                            else_=requests.c.status,
-                        ),
-                        updated_at=now,
-                    )
-                    .returning(*requests.c)
+                    self._recording.count,
+                    {
+                        "b_id": request_id,
+                        "b_processed": processed,
+                        "b_failed": failed,
+                        "b_now": now,
+                    },
                 ).one()
                 updated[request_id] = self._to_request(row._mapping)
         return [
@@ -338,24 +330,7 @@ class SQLRepository(Repository, WebhookOutbox):
         (the common case); otherwise one statement per image, to know which did.
         """
         images = self._images
-        statement = (
-            update(images)
-            .where(
-                (images.c.request_id == bindparam("b_request_id"))
-                & (images.c.row == bindparam("b_row"))
-                & (images.c.position == bindparam("b_position"))
-                & (images.c.status == ImageStatus.PENDING.value)
-            )
-            .values(
-                status=bindparam("b_status"),
-                output_key=bindparam("b_output_key"),
-                error=bindparam("b_error"),
-                error_message=bindparam("b_error_message"),
-                bytes_in=bindparam("b_bytes_in"),
-                bytes_out=bindparam("b_bytes_out"),
-                updated_at=now,
-            )
-        )
+        statement = self._recording.move
         parameters = [
             {
                 "b_request_id": request_id,
@@ -367,6 +342,7 @@ class SQLRepository(Repository, WebhookOutbox):
                 "b_error_message": outcome.error_message,
                 "b_bytes_in": outcome.bytes_in,
                 "b_bytes_out": outcome.bytes_out,
+                "b_now": now,
             }
             for request_id, row, position, outcome in records
         ]
@@ -624,6 +600,53 @@ def _configure_sqlite(engine: Engine) -> None:
         # A deferred transaction that later writes can fail at once with SQLITE_BUSY;
         # an immediate one waits for the lock (busy_timeout) instead.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _RecordingStatements:
+    """The statements of ``record_images``, built once.
+
+    Building them for every batch cost most of a batch's time: about 1 ms of CPU under the
+    GIL for two images, against 0.15 ms for SQLite to run them.
+    """
+
+    def __init__(self, requests: Table, images: Table) -> None:
+        #: Move one pending image to its outcome.
+        self.move = (
+            update(images)
+            .where(
+                (images.c.request_id == bindparam("b_request_id"))
+                & (images.c.row == bindparam("b_row"))
+                & (images.c.position == bindparam("b_position"))
+                & (images.c.status == ImageStatus.PENDING.value)
+            )
+            .values(
+                status=bindparam("b_status"),
+                output_key=bindparam("b_output_key"),
+                error=bindparam("b_error"),
+                error_message=bindparam("b_error_message"),
+                bytes_in=bindparam("b_bytes_in"),
+                bytes_out=bindparam("b_bytes_out"),
+                updated_at=bindparam("b_now"),
+            )
+        )
+        #: Add a batch's images to one request's counters, and return the request.
+        self.count = (
+            update(requests)
+            .where(requests.c.id == bindparam("b_id"))
+            .values(
+                processed_images=requests.c.processed_images + bindparam("b_processed"),
+                failed_images=requests.c.failed_images + bindparam("b_failed"),
+                status=case(
+                    (
+                        requests.c.status == RequestStatus.PENDING.value,
+                        RequestStatus.PROCESSING.value,
+                    ),
+                    else_=requests.c.status,
+                ),
+                updated_at=bindparam("b_now"),
+            )
+            .returning(*requests.c)
+        )
 
 
 class _NotAllMoved(Exception):
