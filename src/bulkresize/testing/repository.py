@@ -200,6 +200,23 @@ class RepositoryContract:
         assert statuses[(2, 1)] is ImageStatus.DONE
         assert statuses[(2, 2)] is ImageStatus.PENDING
 
+    def test_recording_moves_updated_at_forward(self, repository: Repository) -> None:
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        request, images = make_request(rows=1, per_row=3, created_at=an_hour_ago)
+        request = dataclasses.replace(request, updated_at=an_hour_ago)
+        repository.add_request(request, images)
+        single = repository.record_image(request.id, 1, 1, DONE)
+        assert single is not None
+        assert single.updated_at > an_hour_ago + timedelta(minutes=59)
+        before_batch = repository.get_request(request.id).updated_at
+        time.sleep(0.01)  # the batch's clock reading must differ from the single one's
+        batch = repository.record_images([(request.id, 1, 2, DONE), (request.id, 1, 3, FAILED)])
+        stored = repository.get_request(request.id)
+        assert stored.updated_at > before_batch
+        # Each result is the request after its image (or after the whole batch) was counted.
+        assert all(result is not None and result.updated_at > before_batch for result in batch)
+        assert stored.created_at == an_hour_ago
+
     def test_a_batch_with_an_unknown_image_raises(self, repository: Repository) -> None:
         request, images = make_request(rows=1, per_row=2)
         repository.add_request(request, images)
