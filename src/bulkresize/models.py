@@ -147,12 +147,30 @@ class ImageOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain JSON-able data."""
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict(): it deep-copies, and this runs for every image handed on.
+        return {name: getattr(self, name) for name in _OPTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageOptions:
         """Rebuild options from ``to_dict()`` output."""
+        if (
+            data.keys() == _OPTION_FIELDS.keys()
+            and all(type(data[name]) in kinds for name, kinds in _OPTION_FIELDS.items())
+            and data["format"] in FORMATS
+        ):
+            # Already typed as to_dict() gives them (the usual case, once per image): with
+            # nothing to convert, with_overrides() would only repeat what __post_init__ checks.
+            return cls(**data)
         return cls().with_overrides(data)
+
+
+#: ImageOptions' fields and the types that to_dict() gives them.
+_OPTION_FIELDS: dict[str, tuple[type, ...]] = {
+    "quality": (int,),
+    "format": (str,),
+    "max_width": (int, type(None)),
+    "max_height": (int, type(None)),
+}
 
 
 def _parse_int(name: str, value: object) -> int:

@@ -939,7 +939,7 @@ def test_a_closed_fetcher_closes_every_threads_connections(
 def test_a_threads_connections_close_when_the_thread_ends(
     origin: Origin, make_fetcher: MakeFetcher
 ) -> None:
-    """Threads that come and go leave no client, and no socket, behind."""
+    """Threads that come and go leave no transport, and no socket, behind."""
     url = origin.add("/a.png", PNG)
     fetcher = make_fetcher()
     for _ in range(3):
@@ -948,4 +948,4 @@ def test_a_threads_connections_close_when_the_thread_ends(
         thread.join()
         del thread
     gc.collect()
-    assert fetcher._clients == []  # each thread's client was closed with its thread
+    assert fetcher._transports == []  # each thread's transport was closed with its thread

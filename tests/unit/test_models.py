@@ -46,6 +46,48 @@ def test_options_round_trip_through_plain_data(
     assert ImageOptions.from_dict(options.to_dict()) == options
 
 
+_ANY_VALUE = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 200)
+    | st.sampled_from(["jpeg", "JPEG", " png ", "gif", "", "50", "x"])
+)
+_SIZE = st.none() | st.integers(-1, 5000) | st.sampled_from(["", "7", True])
+_OPTION_DATA = st.fixed_dictionaries(  # all four fields, as to_dict() gives them, or nearly
+    {
+        "quality": st.integers(-1, 100) | st.sampled_from(["50", True]),
+        "format": st.sampled_from(["jpeg", "JPEG", " png", "webp", "keep", "gif", ""]),
+        "max_width": _SIZE,
+        "max_height": _SIZE,
+    }
+) | st.dictionaries(
+    st.sampled_from(["quality", "format", "max_width", "max_height", "colour"]), _ANY_VALUE
+)
+
+
+@given(_OPTION_DATA)
+def test_options_from_data_read_like_overrides_of_the_defaults(data: dict[str, object]) -> None:
+    """from_dict()'s fast path for to_dict() output changes nothing, errors included."""
+    try:
+        expected: ImageOptions | str = ImageOptions().with_overrides(data)
+    except InvalidOption as exc:
+        expected = str(exc)
+    try:
+        got: ImageOptions | str = ImageOptions.from_dict(data)
+    except InvalidOption as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_options_as_data_name_every_field() -> None:
+    assert ImageOptions(70, "png", 10, None).to_dict() == {
+        "quality": 70,
+        "format": "png",
+        "max_width": 10,
+        "max_height": None,
+    }
+
+
 def test_problem_text_names_row_and_column() -> None:
     problem = ValidationProblem(3, "Input Image Urls", "ftp://x", "'ftp://x' is not an http(s) URL")
     assert str(problem) == "row 3, column 'Input Image Urls': 'ftp://x' is not an http(s) URL"
