@@ -229,17 +229,21 @@ def check_url(url: str, *, allow_files: bool = False) -> None:
     Raises:
         BlockedURL: The URL breaks a rule; the message says which.
     """
+    _checked_url(url, allow_files=allow_files)
+
+
+def _checked_url(url: str, *, allow_files: bool = False) -> httpx.URL | None:
+    """:func:`check_url`, returning the parsed URL for http(s) (``None`` for a file URL)."""
     if not isinstance(url, str):
         raise BlockedURL(f"a URL must be a string, not {type(url).__name__}")
     if len(url) > MAX_URL_LENGTH:
         raise BlockedURL(f"the URL is {len(url)} characters long; the limit is {MAX_URL_LENGTH}")
     scheme = _scheme_of(url)
     if scheme in _HTTP_SCHEMES:
-        _parse_http_url(url)
-        return
+        return _parse_http_url(url)
     if scheme == "file" and allow_files:
         _file_path(url)
-        return
+        return None
     allowed = "http, https or file" if allow_files else "http or https"
     if scheme is None:
         raise BlockedURL(f"{_shorten(url)!r} has no URL scheme; use {allowed}")
@@ -804,13 +808,13 @@ class Fetcher:
             ImageTooLarge: The body is larger than ``max_bytes``.
             DownloadError: Any other failure: connection, TLS, protocol, redirects, file errors.
         """
-        check_url(url, allow_files=allow_files)
-        if _scheme_of(url) == "file":
+        parsed = _checked_url(url, allow_files=allow_files)  # parsed once, sent as it is
+        if parsed is None:
             return self._read_file(url)
         deadline = time.monotonic() + self._total_timeout
         self._deadline.set(deadline)
         try:
-            return self._fetch_with_retries(url, deadline)
+            return self._fetch_with_retries(parsed, deadline)
         finally:
             self._deadline.set(None)
 
@@ -855,7 +859,7 @@ class Fetcher:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _fetch_with_retries(self, url: str, deadline: float) -> FetchedImage:
+    def _fetch_with_retries(self, url: httpx.URL, deadline: float) -> FetchedImage:
         attempt = 0
         while True:
             try:
@@ -872,7 +876,7 @@ class Fetcher:
             time.sleep(delay)
             attempt += 1
 
-    def _attempt(self, url: str, deadline: float) -> FetchedImage:
+    def _attempt(self, url: httpx.URL, deadline: float) -> FetchedImage:
         """One try at the URL, following redirects; raises ``_Transient`` if worth retrying.
 
         A retry starts again from the first URL, so every hop is checked again too.
@@ -906,13 +910,13 @@ class Fetcher:
             except (ImageError, _Transient):
                 raise
             except httpx.HTTPError as exc:
-                failure = self._map_transport_error(exc, current, deadline)
+                failure = self._map_transport_error(exc, str(current), deadline)
                 error = failure.error if isinstance(failure, _Transient) else failure
                 if error.__cause__ is None and error is not _find_cause(exc, ImageError):
                     error.__cause__ = exc  # keep the httpx detail for logs and debugging
                 raise failure from exc
             except (httpx.InvalidURL, httpx.StreamError) as exc:
-                raise DownloadError(f"download from {_host_of(current)} failed: {exc}") from exc
+                raise DownloadError(f"download from {current.host} failed: {exc}") from exc
             except (
                 httpcore.TimeoutException,
                 httpcore.NetworkError,
@@ -923,7 +927,7 @@ class Fetcher:
                 ValueError,
             ) as exc:
                 # httpx maps these itself; this is a backstop so none can ever escape raw.
-                raise DownloadError(f"download from {_host_of(current)} failed: {exc}") from exc
+                raise DownloadError(f"download from {current.host} failed: {exc}") from exc
             if target is None:  # pragma: no cover  # the block above returns or raises
                 raise DownloadError("internal error: no redirect target")
             if redirects >= self._max_redirects:
@@ -957,7 +961,7 @@ class Fetcher:
     def _deadline_error(self) -> FetchTimeout:
         return FetchTimeout(f"the download took longer than {self._total_timeout:g} s in total")
 
-    def _redirect_target(self, response: httpx.Response) -> str | None:
+    def _redirect_target(self, response: httpx.Response) -> httpx.URL | None:
         if response.status_code not in _REDIRECT_STATUSES:
             return None
         location = response.headers.get("location", "").strip()
@@ -972,10 +976,12 @@ class Fetcher:
         if _scheme_of(target) == "file":  # even when the caller allows files
             raise BlockedURL(f"a redirect to a file URL is refused: {_shorten(target)!r}")
         try:
-            check_url(target)
+            parsed = _checked_url(target)
         except BlockedURL as exc:
             raise BlockedURL(f"redirect refused: {exc}") from None
-        return target
+        if parsed is None:  # pragma: no cover  # file URLs were refused above
+            raise BlockedURL(f"a redirect to a file URL is refused: {_shorten(target)!r}")
+        return parsed
 
     def _raise_for_status(self, response: httpx.Response) -> None:
         status = response.status_code
