@@ -12,7 +12,7 @@ import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, Final, overload
 
 from bulkresize.errors import InvalidOption
 
@@ -165,7 +165,7 @@ class ImageOptions:
 
 
 #: ImageOptions' fields and the types that to_dict() gives them.
-_OPTION_FIELDS: dict[str, tuple[type, ...]] = {
+_OPTION_FIELDS: Final[Mapping[str, tuple[type, ...]]] = {
     "quality": (int,),
     "format": (str,),
     "max_width": (int, type(None)),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,6 +82,7 @@ def test_options_from_data_read_like_overrides_of_the_defaults(data: dict[str, o
 
 
 def test_options_as_data_name_every_field() -> None:
+    assert ImageOptions().to_dict().keys() == {f.name for f in dataclasses.fields(ImageOptions)}
     assert ImageOptions(70, "png", 10, None).to_dict() == {
         "quality": 70,
         "format": "png",
