@@ -44,16 +44,33 @@ class Scenarios:
         """Run the measures in turn, ``rounds`` times over; keep each one's fastest round.
 
         Alternating (A B A B, not A A B B) and keeping the best exposes both to the same
-        moments of a shared machine, so that their ratio means something.
+        moments of a shared machine, so that their ratio means something. A pipeline's steady
+        rate (see ``modes.embedded``) is a second estimate, and its best round is kept too.
         """
         best: list[dict[str, Any] | None] = [None] * len(measures)
+        steady: list[float | None] = [None] * len(measures)
         for _ in range(self.rounds):
             for n, measure in enumerate(measures):
                 result = measure()
                 current = best[n]
                 if current is None or result["images_per_s"] > current["images_per_s"]:
                     best[n] = result
+                rate = result.get("steady_images_per_s")
+                kept = steady[n]
+                if rate is not None and (kept is None or rate > kept):
+                    steady[n] = rate
+        for result, rate in zip(best, steady, strict=True):
+            if result is not None and rate is not None:
+                result["steady_images_per_s"] = rate
         return [result for result in best if result is not None]
+
+    def steady_check(
+        self, name: str, result: dict[str, Any], goal: float, per: float = 1.0
+    ) -> None:
+        """A check on a pipeline's steady rate (÷ ``per``), when the run could tell it."""
+        rate = result.get("steady_images_per_s")
+        if rate is not None:
+            self.checks.append(_check(f"{name} (steady)", rate / per, goal))
 
     def photos_6mp(self) -> None:
         """6 MP photos: the codec yardstick, embedded at 0 and 100 ms origin latency."""
@@ -68,6 +85,7 @@ class Scenarios:
         self.checks.append(
             _check("embedded ÷ codec, 6 MP", fast["images_per_s"] / yard["images_per_s"], 0.9)
         )
+        self.steady_check("embedded ÷ codec, 6 MP", fast, 0.9, per=yard["images_per_s"])
         self.checks.append(
             _check(
                 "embedded at 100 ms ÷ at 0 ms, 6 MP",
@@ -106,6 +124,7 @@ class Scenarios:
         self.results["3mp"] = {"codec": yard, "embedded": run, "embedded_dct": run_dct}
         for label, result in (("", run), (", dct engine", run_dct)):
             self.checks.append(_check(f"images/s, 300 × 3 MP{label}", result["images_per_s"], 75))
+            self.steady_check(f"images/s, 300 × 3 MP{label}", result, 75)
             self.checks.append(
                 _check(f"peak RSS MB, 300 × 3 MP{label}", result["peak_rss_mb"], 250, at_most=True)
             )
@@ -129,6 +148,7 @@ class Scenarios:
         self.checks.append(
             _check("embedded ÷ bare fetch, tiny", run["images_per_s"] / fetch["images_per_s"], 0.5)
         )
+        self.steady_check("embedded ÷ bare fetch, tiny", run, 0.5, per=fetch["images_per_s"])
 
     def memory(self) -> None:
         """Peak RSS of one request of 10,000 images."""
